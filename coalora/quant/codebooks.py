@@ -21,11 +21,11 @@ QUANTIZERS = ("nf", "int")
 @cache
 def _nf_levels(bits: int) -> tuple[float, ...]:
     half = 2 ** (bits - 1)
-    # bitsandbytes evaluates the probabilities in float32 (torch.linspace); do the same so
-    # the NF4 table matches it bit for bit.
-    pos_p = np.linspace(NF_OFFSET, 0.5, half + 1, dtype=np.float32)[:-1]
-    neg_p = np.linspace(NF_OFFSET, 0.5, half, dtype=np.float32)[:-1]
-    levels = np.concatenate([norm.ppf(pos_p), [0.0], -norm.ppf(neg_p)])
+    # bitsandbytes takes the probabilities from a float32 torch.linspace and normalises in
+    # float32; do the same so that the NF4 table matches it bit for bit.
+    pos_p = torch.linspace(NF_OFFSET, 0.5, half + 1)[:-1].numpy()
+    neg_p = torch.linspace(NF_OFFSET, 0.5, half)[:-1].numpy()
+    levels = np.concatenate([norm.ppf(pos_p), [0.0], -norm.ppf(neg_p)]).astype(np.float32)
     levels = np.sort(levels / np.abs(levels).max())
     return tuple(float(v) for v in levels)
 
