@@ -1,0 +1,116 @@
+"""Budgets -> configurations for a model: a cached cost table, then the ILP per budget.
+
+The cost table of a (model, quantizer, Fisher task, sampling) combination is computed once
+and cached under ``$COALORA_CACHE/costs/`` keyed by a hash of the base weights, so allocating
+many budgets, or rerunning, costs one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import torch
+
+from .quant import ModelQConfig, QuantizedBase
+from .quant.allocate import allocate
+from .quant.cost import cost_table, fisher_diagonal, load_cost_table, save_cost_table, weights_hash
+
+log = logging.getLogger(__name__)
+
+FISHER_BATCHES = 8
+
+
+def cost_cache_path(model_name: str, qbase: QuantizedBase, quantizer: str, fisher_task, max_elements):
+    from .models import cache_root
+
+    key = f"{weights_hash(qbase.base_weights, qbase.targets)}|{quantizer}|{fisher_task}|{max_elements}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
+    return cache_root() / "costs" / f"{safe}-{quantizer}-{digest}.safetensors"
+
+
+def costs_for(
+    loaded,
+    qbase: QuantizedBase,
+    quantizer: str = "nf",
+    fisher_task: str | None = None,
+    max_elements: int | None = None,
+    seed: int = 0,
+    cache: bool = True,
+) -> torch.Tensor:
+    """The model's [N, 432] cost table, from the cache when present."""
+    path = cost_cache_path(loaded.name, qbase, quantizer, fisher_task, max_elements)
+    if cache and path.exists():
+        try:
+            return load_cost_table(path, qbase.targets, quantizer=quantizer).costs
+        except ValueError as err:  # a stale or damaged cache entry is rebuilt, not trusted
+            log.warning("rebuilding cost table: %s", err)
+    fisher = None
+    if fisher_task is not None:
+        fisher = _fisher(loaded, qbase, fisher_task, seed)
+    costs = cost_table(qbase.base_weights, qbase.targets, quantizer, fisher, max_elements)
+    if cache:
+        save_cost_table(
+            path,
+            costs,
+            qbase.targets,
+            quantizer=quantizer,
+            fisher_weighted=fisher is not None,
+            max_elements=max_elements,
+            weights_hash=weights_hash(qbase.base_weights, qbase.targets),
+        )
+    return costs
+
+
+def _fisher(loaded, qbase: QuantizedBase, task_name: str, seed: int) -> dict:
+    from .data import load_task, make_batches
+
+    task = load_task(task_name, max_train=FISHER_BATCHES * 8)
+    batches = make_batches(task, loaded.tokenizer, "train", 4, 128, seed=seed)
+    qbase.restore()  # the Fisher of the full-precision model
+    return fisher_diagonal(loaded.model, [batches.batch(k) for k in range(FISHER_BATCHES)], qbase.targets)
+
+
+def configs_for_budgets(
+    model,
+    budgets: list[float],
+    quantizer: str = "nf",
+    fisher_task: str | None = None,
+    max_elements: int | None = None,
+    seed: int = 0,
+    qbase: QuantizedBase | None = None,
+) -> list[ModelQConfig]:
+    """ILP configurations for ``budgets``. ``model`` is a name or a ``LoadedModel``.
+
+    Budgets are checked before any model is loaded, so a bad budget fails at once.
+    """
+    from .quant.allocate import check_budget
+
+    for budget in budgets:
+        check_budget(budget)
+    if isinstance(model, str):
+        from .models import load_model
+
+        kind = "causal-lm"
+        if fisher_task is not None:
+            from .data import load_task
+
+            spec = load_task(fisher_task, max_train=1, max_eval=1).spec
+            kind = "classification" if spec.kind == "classification" else "causal-lm"
+            loaded = load_model(model, kind=kind, num_labels=spec.num_labels, seed=seed)
+        else:
+            loaded = load_model(model, kind=kind, seed=seed)
+    else:
+        loaded = model
+    qbase = qbase or QuantizedBase(loaded.model)
+    costs = costs_for(loaded, qbase, quantizer, fisher_task, max_elements, seed)
+    return [
+        allocate(qbase.targets, costs, b, quantizer=quantizer, model=loaded.name, name=f"ilp-{b:.3f}")
+        for b in budgets
+    ]
+
+
+def budget_label(budget: float) -> str:
+    return f"{budget:.3f}".rstrip("0").rstrip(".")
+

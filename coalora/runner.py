@@ -1,0 +1,208 @@
+"""Glue between the command line (and Snakemake rules) and the library: train, adapt.
+
+``run_training`` is THE function behind ``coalora train`` and the workflow's train rule:
+it loads the model and task, builds the method's training set of configurations, runs the
+shared engine and writes the checkpoint. ``load_trained`` rebuilds a trained method from a
+checkpoint for adaptation and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import __version__
+from .budgets import configs_for_budgets
+from .io import read_json
+from .methods import get_method
+from .quant import ModelQConfig, QuantizedBase
+from .train import TrainSettings, clear_resume, load_checkpoint, save_checkpoint, train
+
+log = logging.getLogger(__name__)
+
+TRAIN_CONFIGS_FILE = "train_configs.json"
+EPOCH_LOG_FILE = "search_log.json"
+
+
+def model_kind(task_kind: str) -> str:
+    return "classification" if task_kind == "classification" else "causal-lm"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "botorch", "scipy", "numpy", "lm-eval"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def parse_settings(settings_file: str | None, overrides: list[str], steps: int | None) -> TrainSettings:
+    data = {}
+    if settings_file:
+        data.update(read_json(settings_file, "training settings file"))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            data[key] = json.loads(value)
+        except json.JSONDecodeError:
+            data[key] = value
+    if steps is not None:
+        data["steps"] = steps
+    return TrainSettings.from_dict(data)
+
+
+def training_configs(
+    method_cls, loaded, qbase, *, budget=None, qconfig=None, budgets=None, quantizer="nf",
+    fisher_task=None, max_elements=None, seed=0,
+) -> list[ModelQConfig]:
+    """The method's training set: a given configuration, one budget, or a budget grid."""
+    if qconfig is not None:
+        mqc = ModelQConfig.load(qconfig, qbase.targets)
+        return [mqc]
+    if method_cls.per_config:
+        if budget is None:
+            raise ValueError(f"method {method_cls.name!r} trains per configuration: give --budget or --qconfig")
+        budgets = [budget]
+    elif budgets is None:
+        budgets = list(method_cls.default_budgets)
+    if not budgets:
+        raise ValueError(f"method {method_cls.name!r} needs budgets for its training set")
+    configs = configs_for_budgets(
+        loaded, budgets, quantizer=quantizer, fisher_task=fisher_task,
+        max_elements=max_elements, seed=seed, qbase=qbase,
+    )
+    unique, seen = [], set()
+    for mqc in configs:  # neighbouring budgets can give the same ILP solution
+        if mqc.key() not in seen:
+            seen.add(mqc.key())
+            unique.append(mqc)
+    return unique
+
+
+def run_training(
+    *, model: str, task: str, method: str, settings: TrainSettings, out: str | Path,
+    budget=None, qconfig=None, budgets=None, quantizer="nf", fisher_task=None,
+    max_elements=None, max_train=None, progress=True, stop_after=None, search=None,
+) -> Path | None:
+    """Train ``method`` and write the checkpoint directory ``out`` (atomically).
+
+    ``stop_after`` interrupts after that many steps (resume state kept, no checkpoint
+    written; returns None) - used to test resumption.
+    """
+    from .data import load_task, make_batches
+    from .models import load_model, weights_hash
+
+    method_cls = get_method(method)
+    task_data = load_task(task, max_train=max_train)
+    kind = model_kind(task_data.spec.kind)
+    loaded = load_model(model, kind=kind, num_labels=task_data.spec.num_labels, seed=settings.seed)
+    base_hash = weights_hash(loaded.model)
+    qbase = QuantizedBase(loaded.model)
+    train_configs = training_configs(
+        method_cls, loaded, qbase, budget=budget, qconfig=qconfig, budgets=budgets,
+        quantizer=quantizer, fisher_task=fisher_task, max_elements=max_elements, seed=settings.seed,
+    )
+    runner = method_cls(loaded, qbase, settings, train_configs)
+    if search is not None:
+        runner.attach_search(search(runner, task_data))
+    batches = make_batches(
+        task_data, loaded.tokenizer, "train", settings.batch_size, settings.max_length, seed=settings.seed
+    )
+    started = time.time()
+    result = train(runner, batches.batch, settings, out=out, progress=progress, stop_after=stop_after)
+    if result.steps < settings.steps:
+        return None
+    manifest = {
+        "method": method,
+        "model": model,
+        "task": task,
+        "kind": kind,
+        "num_labels": task_data.spec.num_labels,
+        "quantizer": quantizer,
+        "settings": asdict(settings),
+        "base_weights_hash": base_hash,
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "final_loss": result.losses[-1],
+        "loss_first_last": [result.losses[0], result.losses[-1]],
+        "num_train_configs": len(runner.train_configs),
+        "train_avg_bits": [round(m.avg_bits, 4) for m in runner.train_configs],
+        "max_train": max_train,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "code_version": __version__,
+        "packages": package_versions(),
+    }
+    extra = {TRAIN_CONFIGS_FILE: [m.to_dict() for m in runner.train_configs]}
+    if result.epoch_logs:
+        extra[EPOCH_LOG_FILE] = result.epoch_logs
+    save_checkpoint(out, runner.trainable_state(), manifest, extra)
+    clear_resume(out)
+    return Path(out)
+
+
+def load_trained(checkpoint: str | Path):
+    """Rebuild a trained method (model + adapters) from its checkpoint directory."""
+    from .models import load_model, weights_hash
+
+    manifest, weights = load_checkpoint(checkpoint)
+    settings = TrainSettings.from_dict(manifest["settings"])
+    loaded = load_model(
+        manifest["model"], kind=manifest["kind"], num_labels=manifest.get("num_labels"), seed=settings.seed
+    )
+    if weights_hash(loaded.model) != manifest.get("base_weights_hash"):
+        raise ValueError(
+            f"checkpoint {checkpoint} was trained on other base weights than {manifest['model']!r} gives now"
+        )
+    qbase = QuantizedBase(loaded.model)
+    configs_file = Path(checkpoint) / TRAIN_CONFIGS_FILE
+    train_configs = [
+        ModelQConfig.from_dict(d, qbase.targets, source=str(configs_file))
+        for d in read_json(configs_file, "training configurations")
+    ]
+    method = get_method(manifest["method"])(loaded, qbase, settings, train_configs)
+    try:
+        method.load_trainable_state(weights)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {checkpoint} does not fit its method: {err}") from None
+    method.model.eval()
+    return method, manifest
+
+
+def train_from_cli(args) -> None:
+    settings = parse_settings(args.settings, args.set, args.steps)
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
+    out = run_training(
+        model=args.model, task=args.task, method=args.method, settings=settings, out=args.out,
+        budget=args.budget, qconfig=args.qconfig, budgets=budgets, quantizer=args.quantizer,
+        fisher_task=args.fisher_task, max_elements=args.max_elements, max_train=args.max_train,
+    )
+    manifest = read_json(Path(out) / "manifest.json")
+    print(
+        f"wrote {out}: {manifest['steps']} steps in {manifest['train_seconds']:.1f} s, "
+        f"loss {manifest['loss_first_last'][0]:.4f} -> {manifest['loss_first_last'][1]:.4f}"
+    )
+
+
+def adapt_from_cli(args) -> None:
+    started = time.perf_counter()
+    method, manifest = load_trained(args.checkpoint)
+    if args.qconfig:
+        mqc = ModelQConfig.load(args.qconfig, method.targets)
+    else:
+        [mqc] = configs_for_budgets(
+            method.loaded, [args.budget], quantizer=manifest.get("quantizer", "nf"),
+            fisher_task=args.fisher_task, max_elements=args.max_elements, qbase=method.qbase,
+        )
+    method.prepare_eval(mqc)
+    method.export(mqc, args.out, manifest["model"])
+    print(f"wrote {args.out}: adapter for avg_bits {mqc.avg_bits:.4f} in {time.perf_counter() - started:.1f} s")

@@ -1,0 +1,242 @@
+"""ONE training engine for every method (CoA-LoRA and all baselines).
+
+The engine owns what must be identical across methods for a fair comparison: the data
+order, AdamW with warm-up + linear decay, gradient-norm clipping, the step budget, seeds,
+progress, timing and checkpoints. A method (``coalora.methods``) owns only what differs:
+which parameters train, which configurations a step sees, and how a configuration is
+activated on the model.
+
+Each optimizer step draws K configurations from the method, computes the task loss under
+each on the same minibatch, averages the K losses (METHOD.md section 4 [decision]; the
+official code summed them) and steps once.
+
+Determinism and resume: batch k, the configurations of step k and every dropout mask
+depend only on (seed, k), so a run resumed from a checkpoint takes exactly the steps an
+uninterrupted run would. Resume state lives in ``<out>.resume/`` beside the output, so a
+half-finished run never looks like a finished checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from .io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters shared by every method (defaults: METHOD.md section 3)."""
+
+    steps: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    batch_size: int = 8
+    max_length: int = 128
+    grad_clip: float = 1.0
+    configs_per_step: int = 2
+    seed: int = 0
+    r: int = 64
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Steps between search rounds (CoA-LoRA's "epoch"); 0 disables the end-of-epoch hook.
+    epoch_steps: int = 0
+    # Steps between resume checkpoints; 0 writes none until the end.
+    save_every: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "max_length", "configs_per_step", "r"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"training setting {name!r} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"training setting 'lr' must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"training setting 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # mean loss over K configs, per step
+    epoch_logs: list[dict] = field(default_factory=list)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def _resume_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".resume")
+
+
+def train(
+    method,
+    batch_for_step: Callable[[int], dict],
+    settings: TrainSettings,
+    out: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Run ``settings.steps`` optimizer steps of ``method`` (resuming from ``<out>.resume``).
+
+    ``batch_for_step(k)`` returns the k-th minibatch (a dict of tensors for the model).
+    ``stop_after`` ends the run early after that many total steps, leaving resume state:
+    it exists to test that an interrupted run resumes to the same result.
+    """
+    params = [p for p in method.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"method {method.name!r} has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, math.ceil(settings.warmup_ratio * settings.steps), settings.steps
+    )
+    result = TrainResult(steps=0, seconds=0.0)
+    start = 0
+    resume = _resume_dir(Path(out)) if out is not None else None
+    if resume is not None and (resume / "state.pt").exists():
+        start, result = _load_resume(resume, method, optimizer, scheduler, settings)
+        log.info("resuming %s at step %d", method.name, start)
+
+    model = method.model
+    model.train()
+    last = settings.steps if stop_after is None else min(stop_after, settings.steps)
+    bar = tqdm(
+        total=settings.steps,
+        initial=start,
+        desc=f"train {method.name}",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    clock = time.perf_counter()
+    for step in range(start, last):
+        seed = step_seed(settings.seed, step)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        batch = batch_for_step(step)
+        configs = method.configs_for_step(rng, settings.configs_per_step)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for mqc in configs:
+            method.activate(mqc)
+            loss = model(**batch).loss
+            (loss / len(configs)).backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        result.losses.append(total / len(configs))
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+
+        done = step + 1
+        if settings.epoch_steps and done % settings.epoch_steps == 0 and done < settings.steps:
+            model.eval()
+            epoch_log = method.end_of_epoch(done)
+            model.train()
+            if epoch_log is not None:
+                result.epoch_logs.append(epoch_log)
+        if resume is not None and (
+            (settings.save_every and done % settings.save_every == 0) or done == last
+        ):
+            result.steps = done
+            result.seconds += time.perf_counter() - clock
+            clock = time.perf_counter()
+            if done < settings.steps:
+                _save_resume(resume, method, optimizer, scheduler, result)
+    bar.close()
+    result.steps = last
+    result.seconds += time.perf_counter() - clock
+    model.eval()
+    return result
+
+
+def _save_resume(resume: Path, method, optimizer, scheduler, result: TrainResult) -> None:
+    resume.mkdir(parents=True, exist_ok=True)
+    with atomic_path(resume / "weights.safetensors") as tmp:
+        save_file({k: v.detach().contiguous() for k, v in method.trainable_state().items()}, tmp)
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "result": asdict(result),
+        "method_state": method.extra_state(),
+    }
+    with atomic_path(resume / "state.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _load_resume(resume: Path, method, optimizer, scheduler, settings: TrainSettings):
+    try:
+        method.load_trainable_state(load_file(resume / "weights.safetensors"))
+        state = torch.load(resume / "state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_extra_state(state["method_state"])
+        result = TrainResult(**state["result"])
+    except Exception as err:  # noqa: BLE001 - any failure here means unusable resume state
+        raise ValueError(
+            f"resume state {resume} is corrupt ({type(err).__name__}: {err}); delete it to start over"
+        ) from None
+    if result.steps > settings.steps:
+        raise ValueError(f"resume state {resume} is past the step budget ({result.steps} > {settings.steps})")
+    return result.steps, result
+
+
+def clear_resume(out: str | Path) -> None:
+    shutil.rmtree(_resume_dir(Path(out)), ignore_errors=True)
+
+
+# --- finished checkpoints -----------------------------------------------------------------
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+def save_checkpoint(out: str | Path, trainable: dict, manifest: dict, extra_files: dict | None = None):
+    """Write ``out/`` atomically: weights (safetensors) + manifest (JSON) + extra JSON files."""
+    from .io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in trainable.items()}, tmp / WEIGHTS)
+        write_json(tmp / MANIFEST, manifest)
+        for name, data in (extra_files or {}).items():
+            write_json(tmp / name, data)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """Return (manifest, trainable tensors); a missing or corrupt checkpoint is a one-line error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    manifest = read_json(path / MANIFEST, "checkpoint manifest")
+    for key in ("method", "model", "task", "settings"):
+        if key not in manifest:
+            raise ValueError(f"checkpoint manifest {path / MANIFEST} lacks {key!r}")
+    try:
+        weights = load_file(path / WEIGHTS)
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+        raise ValueError(f"checkpoint weights {path / WEIGHTS} are unreadable: {err}") from None
+    return manifest, weights
