@@ -1,0 +1,273 @@
+"""From a bit budget to a per-matrix configuration: the ILP of METHOD.md 2.2.
+
+For a budget ``beta`` (average bits per parameter) choose one option ``j`` per matrix ``i``::
+
+    min  sum_ij cost_ij x_ij
+    s.t. sum_j x_ij = 1                                      (one option per matrix)
+         sum_ij numel_i bits_j x_ij <= beta sum_i numel_i    (the budget)
+         x binary
+
+solved with ``scipy.optimize.milp`` (HiGHS) to a relative gap of 1e-6 (the absolute gap is
+set to 0, so the guarantee is relative even for tiny costs). Before the solve, every option
+that another option of the same matrix dominates (no more bits and no more cost, one of the
+two strictly less) is dropped: swapping it for its dominator never hurts, so the optimum is
+unchanged, and the 432 options shrink to their Pareto front (a few dozen). The solution is
+checked against the budget with the same arithmetic as ``ModelQConfig.avg_bits``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+import torch
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import csr_array
+
+from .config import ALL_OPTIONS, MAX_BITS, MIN_BITS
+from .model_config import ModelQConfig
+from .targets import QuantTarget
+
+MIP_REL_GAP = 1e-6
+
+
+def pareto_options(costs: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Indices of the options of one matrix that no other option dominates, by rising bits.
+
+    Among options with equal bits and equal cost one (the lowest index) is kept.
+    """
+    order = np.lexsort((np.arange(len(costs)), costs, bits))  # by bits, then cost, then index
+    sorted_costs = costs[order]
+    # Keep an option iff it is strictly cheaper than everything with fewer or equal bits
+    # that comes before it in this order.
+    best_before = np.concatenate([[np.inf], np.minimum.accumulate(sorted_costs)[:-1]])
+    return order[sorted_costs < best_before]
+
+
+def _average_bits(numels, bits) -> float:
+    # The arithmetic of model_config.average_bits, so that the check here is the check there.
+    return sum(n * b for n, b in zip(numels, bits, strict=True)) / sum(numels)
+
+
+def check_budget(budget: float, numels, option_bits) -> None:
+    """One-line ValueError unless ``budget`` is in [MIN_BITS, MAX_BITS] and reachable."""
+    if not isinstance(budget, numbers.Real) or isinstance(budget, bool) or math.isnan(budget):
+        raise ValueError(f"budget must be a number of bits per parameter, got {budget!r}")
+    if not MIN_BITS <= budget <= MAX_BITS:
+        raise ValueError(
+            f"budget {budget} bits is outside the range of the configuration space "
+            f"[{MIN_BITS}, {MAX_BITS}]"
+        )
+    cheapest = _average_bits(numels, [float(np.min(option_bits))] * len(numels))
+    if budget < cheapest:
+        raise ValueError(
+            f"budget {budget} bits is below {cheapest}, the cheapest the allowed options reach "
+            f"(range [{cheapest}, {MAX_BITS}])"
+        )
+
+
+def _lagrangian_bounds(cost: np.ndarray, weight: np.ndarray, budget: float, numels, bits):
+    """Bounds on the optimum from the Lagrangian relaxation of the budget.
+
+    ``cost`` and ``weight`` (average bits contributed) are [N, K], padded with +inf cost.
+    For any multiplier ``lam >= 0``, ``L(lam) = sum_i min_j (cost + lam weight) - lam budget``
+    is a lower bound on the optimum (weak duality), whatever numerical error went into
+    finding ``lam``; and a solution containing option (i, j) costs at least ``L(lam)`` plus
+    that option's reduced cost ``cost_ij + lam weight_ij - min_j (cost_ij + lam weight_ij)``.
+    The greedy choice ``argmin_j (cost + lam weight)`` for a ``lam`` just large enough to meet
+    the budget is feasible and gives the upper bound. Returns (lam, lower, upper choice).
+    """
+    rows = np.arange(len(cost))
+
+    def greedy(lam):
+        return np.argmin(cost + lam * weight, axis=1)
+
+    def fits(choice):
+        return _average_bits(numels, bits[rows, choice].tolist()) <= budget
+
+    def lower(lam):
+        return float(np.min(cost + lam * weight, axis=1).sum() - lam * budget)
+
+    if fits(greedy(0.0)):
+        return 0.0, lower(0.0), greedy(0.0)
+    low, high = 0.0, 1.0
+    while not fits(greedy(high)):
+        low, high = high, high * 2
+        if high > 1e300:
+            raise RuntimeError(f"no multiplier meets budget {budget}")
+    for _ in range(200):  # bisection down to adjacent floats
+        middle = 0.5 * (low + high)
+        if not low < middle < high:
+            break
+        low, high = (low, middle) if fits(greedy(middle)) else (middle, high)
+    lam = low if lower(low) > lower(high) else high
+    return lam, lower(lam), _fill_budget(cost, weight, budget, greedy(high))
+
+
+def _fill_budget(cost: np.ndarray, weight: np.ndarray, budget: float, choice: np.ndarray):
+    """Improve a feasible choice greedily: while some matrix can move to a cheaper option
+    within the budget left, make the move that lowers the cost most."""
+    rows = np.arange(len(cost))
+    choice = choice.copy()
+    # Leave a hair of the budget unused, so that float rounding never breaks feasibility.
+    slack = budget * (1 - 1e-12) - weight[rows, choice].sum()
+    while True:
+        gain = cost[rows, choice][:, None] - cost
+        extra = weight - weight[rows, choice][:, None]
+        gain[(extra > slack) | ~(gain > 0)] = 0.0
+        if not gain.any():
+            return choice
+        i, j = np.unravel_index(np.argmax(gain), gain.shape)
+        slack -= extra[i, j]
+        choice[i] = j
+
+
+def solve_allocation(
+    costs, numels, option_bits, budget: float, mip_rel_gap: float = MIP_REL_GAP
+) -> list[int]:
+    """Optimal option index per matrix (``costs`` [N, O], ``numels`` [N], ``option_bits`` [O])."""
+    costs = np.asarray(costs.detach().cpu() if isinstance(costs, torch.Tensor) else costs)
+    costs = costs.astype(np.float64)
+    option_bits = np.asarray(option_bits, dtype=np.float64)
+    numels = [int(n) for n in numels]
+    if costs.ndim != 2 or costs.shape != (len(numels), len(option_bits)):
+        raise ValueError(
+            f"costs have shape {costs.shape}, expected ({len(numels)}, {len(option_bits)}) "
+            "(matrices x options)"
+        )
+    if not np.isfinite(costs).all():
+        raise ValueError("costs contain NaN or infinite values")
+    if min(numels, default=0) < 1:
+        raise ValueError("every matrix needs a positive number of elements")
+    check_budget(budget, numels, option_bits)
+
+    # 1. Pareto fronts, as a padded [N, K] problem. Subtracting each matrix's cheapest cost
+    #    shifts the objective by a constant, and makes HiGHS' relative gap a statement about
+    #    the cost that the budget forces rather than about the unavoidable part.
+    kept = [pareto_options(row, option_bits) for row in costs]
+    width = max(len(k) for k in kept)
+    option = np.zeros((len(kept), width), dtype=np.int64)
+    cost = np.full((len(kept), width), np.inf)
+    for i, k in enumerate(kept):
+        option[i, : len(k)] = k
+        option[i, len(k) :] = k[0]
+        cost[i, : len(k)] = costs[i, k] - costs[i, k].min()
+    bits = option_bits[option]
+    weight = np.array(numels, dtype=np.float64)[:, None] / sum(numels) * bits
+
+    # 2. Drop every option that cannot be in an optimal solution: its Lagrangian lower bound
+    #    exceeds the cost of a feasible solution. This is what makes HiGHS fast and robust
+    #    when costs span many orders of magnitude (2-bit vs 8-bit errors).
+    lam, lower, greedy = _lagrangian_bounds(cost, weight, budget, numels, bits)
+    upper = float(cost[np.arange(len(cost)), greedy].sum())
+    if upper <= 0:  # every matrix at its cheapest option already fits: nothing to trade off
+        return [int(option[i, j]) for i, j in enumerate(greedy)]
+    reduced = cost + lam * weight
+    reduced -= reduced.min(axis=1, keepdims=True)
+    useful = lower + reduced <= upper * (1 + 1e-9)  # a hair of slack for rounding
+    useful[np.arange(len(cost)), greedy] = True
+
+    # 3. The exact ILP on what is left, costs scaled to the feasible solution's cost.
+    row_of, col_of = np.nonzero(useful)
+    c = cost[row_of, col_of] / upper
+    w = weight[row_of, col_of]
+    offsets = np.searchsorted(row_of, np.arange(len(cost) + 1))
+    one_each = csr_array((np.ones(len(c)), (row_of, np.arange(len(c)))), shape=(len(cost), len(c)))
+    margin = 0.0
+    for _attempt in range(6):
+        with warnings.catch_warnings():
+            # mip_abs_gap is not among milp's documented options; milp hands it to HiGHS.
+            warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
+            result = milp(
+                c,
+                integrality=np.ones(len(c)),
+                bounds=Bounds(0, 1),
+                constraints=[
+                    LinearConstraint(one_each, 1, 1),
+                    LinearConstraint(w[None, :], -np.inf, float(budget) - margin),
+                ],
+                options={"mip_rel_gap": mip_rel_gap, "mip_abs_gap": 0.0},
+            )
+        if result.status != 0 or result.x is None:
+            raise RuntimeError(
+                f"ILP for budget {budget} not solved to optimality: status {result.status} "
+                f"({result.message})"
+            )
+        # Each matrix's variables are contiguous; take its largest (integral up to tolerance).
+        choice = [
+            int(option[i, col_of[begin + np.argmax(result.x[begin:end])]])
+            for i, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))
+        ]
+        excess = _average_bits(numels, option_bits[choice].tolist()) - budget
+        if excess <= 0:
+            return choice
+        # HiGHS met the budget only up to its feasibility tolerance (~1e-7 bits): solve again
+        # with a limit tightened by more than the excess.
+        margin = max(2 * margin, 2 * excess, 1e-12 * budget)
+    raise RuntimeError(f"ILP for budget {budget} kept exceeding it by {excess:.3g} bits")
+
+
+def allocate(
+    targets: list[QuantTarget],
+    costs,
+    budget: float,
+    quantizer: str = "nf",
+    model: str | None = None,
+    name: str | None = None,
+) -> ModelQConfig:
+    """The configuration of least total cost whose average bits are at most ``budget``."""
+    costs = np.asarray(costs.detach().cpu() if isinstance(costs, torch.Tensor) else costs)
+    if costs.shape != (len(targets), len(ALL_OPTIONS)):
+        raise ValueError(
+            f"cost table has shape {costs.shape}, expected ({len(targets)}, {len(ALL_OPTIONS)})"
+        )
+    option_bits = [qc.bits for qc in ALL_OPTIONS]
+    choice = solve_allocation(costs, [t.numel for t in targets], option_bits, budget)
+    mqc = ModelQConfig.from_list(
+        targets,
+        [ALL_OPTIONS[j] for j in choice],
+        quantizer=quantizer,
+        budget=float(budget),
+        model=model,
+        name=name if name is not None else f"ilp-{budget:.2f}",
+        extra={"ilp_cost": float(sum(costs[i, j] for i, j in enumerate(choice)))},
+    )
+    assert mqc.avg_bits <= budget, (mqc.avg_bits, budget)  # solve_allocation checked it
+    return mqc
+
+
+def budget_grid(start: float, stop: float, step: float, keep_every: int = 1) -> list[float]:
+    """Budgets ``start, start + step, ...`` below ``stop`` (half-open, like ``range``), then
+    every ``keep_every``-th of them, rounded to 10 decimals so that 2.25 + 2*0.05 is 2.35.
+
+    ``budget_grid(2.25, 7.25, 0.05, keep_every=2)`` is the paper's initial training set:
+    2.25, 2.35, ..., 7.15 (50 budgets).
+    """
+    if not (step > 0 and math.isfinite(step)) or not (math.isfinite(start) and stop > start):
+        raise ValueError(f"budget grid needs start < stop and step > 0, got {start}, {stop}, {step}")
+    if isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1:
+        raise ValueError(f"keep_every must be a positive integer, got {keep_every!r}")
+    # Count the steps with a tolerance, so that (7.25 - 2.25) / 0.05 = 99.99999999999999 is 100.
+    count = math.ceil((stop - start) / step - 1e-9)
+    values = [round(start + i * step, 10) for i in range(count)]
+    return values[::keep_every]
+
+
+def allocate_grid(
+    targets: list[QuantTarget],
+    costs,
+    budgets,
+    quantizer: str = "nf",
+    model: str | None = None,
+) -> list[ModelQConfig]:
+    """ILP configurations for each budget, in order; a configuration equal to an earlier
+    one (e.g. two budgets past the point where the cost stops falling) is skipped."""
+    configs, seen = [], set()
+    for budget in budgets:
+        mqc = allocate(targets, costs, budget, quantizer=quantizer, model=model)
+        if mqc.key() not in seen:
+            seen.add(mqc.key())
+            configs.append(mqc)
+    return configs
