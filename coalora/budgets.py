@@ -12,9 +12,9 @@ import logging
 
 import torch
 
-from .quant import ModelQConfig, QuantizedBase
+from .quant import MAX_BITS, MIN_BITS, ModelQConfig, QuantizedBase
 from .quant.allocate import allocate
-from .quant.cost import cost_table, fisher_diagonal, load_cost_table, save_cost_table, weights_hash
+from .quant.cost import cost_table, fisher_diagonal, hash_weights, load_cost_table, save_cost_table
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ FISHER_BATCHES = 8
 def cost_cache_path(model_name: str, qbase: QuantizedBase, quantizer: str, fisher_task, max_elements):
     from .models import cache_root
 
-    key = f"{weights_hash(qbase.base_weights, qbase.targets)}|{quantizer}|{fisher_task}|{max_elements}"
+    key = f"{hash_weights(qbase.base_weights, qbase.targets)}|{quantizer}|{fisher_task}|{max_elements}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
     return cache_root() / "costs" / f"{safe}-{quantizer}-{digest}.safetensors"
@@ -58,7 +58,7 @@ def costs_for(
             quantizer=quantizer,
             fisher_weighted=fisher is not None,
             max_elements=max_elements,
-            weights_hash=weights_hash(qbase.base_weights, qbase.targets),
+            weights_hash=hash_weights(qbase.base_weights, qbase.targets),
         )
     return costs
 
@@ -85,10 +85,12 @@ def configs_for_budgets(
 
     Budgets are checked before any model is loaded, so a bad budget fails at once.
     """
-    from .quant.allocate import check_budget
-
     for budget in budgets:
-        check_budget(budget)
+        if not MIN_BITS <= budget <= MAX_BITS:
+            raise ValueError(
+                f"budget {budget} bits is outside the range of the configuration space "
+                f"[{MIN_BITS}, {MAX_BITS}]"
+            )
     if isinstance(model, str):
         from .models import load_model
 

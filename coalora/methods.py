@@ -20,6 +20,7 @@ from .export import export_peft_adapter
 from .lora import inject_lora, load_lora_state_dict, lora_state_dict
 from .mapper import CoALoRA, ConfigAwareMapper
 from .quant import ModelQConfig, QuantizedBase
+from .quant.allocate import budget_grid
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -129,7 +130,7 @@ class CoALoRAMethod(Method):
 
     name = "coalora"
     # The official initial set: 2.25, 2.30, ..., 7.25, every other one kept (50 budgets).
-    default_budgets = tuple(round(2.25 + 0.1 * i, 2) for i in range(51) if 2.25 + 0.1 * i <= 7.2501)
+    default_budgets = tuple(budget_grid(2.25, 7.25, 0.05, keep_every=2))
 
     def setup(self) -> dict:
         wrappers = super().setup()
@@ -149,14 +150,38 @@ class CoALoRAMethod(Method):
         self.qbase.apply(mqc)
         self.coa.set_config(mqc)
 
-    def attach_search(self, search) -> None:
-        """Use ``search`` (a ``coalora.search.ParetoSearch``) at the end of every epoch."""
-        self.search = search
+    def attach_search(self, held_out: list[dict]) -> None:
+        """Run the Pareto configuration search at the end of every epoch.
+
+        f1 of a configuration is the current adapted model's mean loss on the fixed
+        ``held_out`` batches [decision: METHOD.md section 5; the official code used an
+        untrained model on one random batch].
+        """
+        from .search import ParetoSearch, SearchConfig
+
+        s = self.settings
+
+        @torch.no_grad()
+        def evaluate_loss(configs: list[ModelQConfig]) -> list[float]:
+            losses = []
+            for mqc in configs:
+                model = self.prepare_eval(mqc)
+                losses.append(float(np.mean([model(**b).loss.item() for b in held_out])))
+            return losses
+
+        config = SearchConfig(
+            mode=s.search_mode,
+            n_starts=s.search_starts or None,
+            max_steps=s.search_steps,
+            n_segments=s.search_segments,
+            seed=s.seed,
+        )
+        self.search = ParetoSearch(self.targets, evaluate_loss, self.train_configs, config)
 
     def end_of_epoch(self, step: int) -> dict | None:
         if self.search is None:
             return None
-        round_log = self.search.run_round()
+        round_log = self.search.run_round(self.settings.search_candidates)
         self.train_configs = list(self.search.training_set)
         log = round_log.to_dict()
         log["step"] = step

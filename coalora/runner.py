@@ -92,7 +92,7 @@ def training_configs(
 def run_training(
     *, model: str, task: str, method: str, settings: TrainSettings, out: str | Path,
     budget=None, qconfig=None, budgets=None, quantizer="nf", fisher_task=None,
-    max_elements=None, max_train=None, progress=True, stop_after=None, search=None,
+    max_elements=None, max_train=None, progress=True, stop_after=None,
 ) -> Path | None:
     """Train ``method`` and write the checkpoint directory ``out`` (atomically).
 
@@ -113,11 +113,12 @@ def run_training(
         quantizer=quantizer, fisher_task=fisher_task, max_elements=max_elements, seed=settings.seed,
     )
     runner = method_cls(loaded, qbase, settings, train_configs)
-    if search is not None:
-        runner.attach_search(search(runner, task_data))
     batches = make_batches(
         task_data, loaded.tokenizer, "train", settings.batch_size, settings.max_length, seed=settings.seed
     )
+    if hasattr(runner, "attach_search") and settings.epoch_steps and settings.search_mode != "frozen":
+        held_out = make_batches(task_data, loaded.tokenizer, "validation", settings.batch_size, settings.max_length)
+        runner.attach_search([held_out.batch(k) for k in range(settings.search_eval_batches)])
     started = time.time()
     result = train(runner, batches.batch, settings, out=out, progress=progress, stop_after=stop_after)
     if result.steps < settings.steps:

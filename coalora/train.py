@@ -57,6 +57,15 @@ class TrainSettings:
     epoch_steps: int = 0
     # Steps between resume checkpoints; 0 writes none until the end.
     save_every: int = 0
+    # CoA-LoRA's configuration search, run every ``epoch_steps`` (METHOD.md section 5):
+    # mode full | frozen | random, new configurations per round, held-out batches for f1,
+    # segments U of the Pareto filter, walkers K0 (0: twice the candidates) and steps T.
+    search_mode: str = "full"
+    search_candidates: int = 10
+    search_eval_batches: int = 4
+    search_segments: int = 40
+    search_starts: int = 0
+    search_steps: int = 10
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "max_length", "configs_per_step", "r"):
@@ -64,6 +73,10 @@ class TrainSettings:
                 raise ValueError(f"training setting {name!r} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"training setting 'lr' must be > 0, got {self.lr}")
+        if self.search_mode not in ("full", "frozen", "random"):
+            raise ValueError(
+                f"training setting 'search_mode' must be full, frozen or random, got {self.search_mode!r}"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"training setting 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -64,6 +65,10 @@ class SearchConfig:
     mc_samples: int = 128  # quasi-MC samples of the "mc" log-EHVI
     ref_margin: float = 0.1  # reference point = max + ref_margin x range
     batch_size: int = 1024  # acquisition evaluations per botorch call (memory bound)
+    # torch threads while proposing (restored afterwards; evaluate_loss is not affected).
+    # The GP/acquisition tensors are small: with two threads on two busy cores, measured
+    # 10-100x slower per operation than with one. None leaves torch's setting alone.
+    num_threads: int | None = 1
     seed: int = 0
 
     def __post_init__(self):
@@ -79,6 +84,8 @@ class SearchConfig:
             )
         if self.n_starts is not None and self.n_starts < 1:
             raise ValueError(f"n_starts must be >= 1, got {self.n_starts}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         for name in ("max_steps", "n_segments", "max_start_batches", "mc_samples", "batch_size"):
             minimum = 0 if name == "max_steps" else 1
             if getattr(self, name) < minimum:
@@ -129,6 +136,18 @@ class SearchRound:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@contextmanager
+def _torch_threads(count: int | None):
+    """Run the block with ``count`` torch intra-op threads (None: unchanged)."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _encoding_string(encoding: np.ndarray) -> str:
@@ -209,6 +228,35 @@ class ParetoSearch:
         losses = self.evaluate_loss([self.configs[i] for i in ids])
         self.losses[ids] = self._checked_losses(losses, len(ids), "evaluate_loss")
         self.loss_round[ids] = round_index
+
+    def state_dict(self) -> dict:
+        """JSON-able state (pool, losses, training set, round logs) for resuming training."""
+        return {
+            "encodings": self.encodings.tolist(),
+            "names": [c.name for c in self.configs],
+            "losses": [None if np.isnan(v) else float(v) for v in self.losses],
+            "loss_round": self.loss_round.tolist(),
+            "training_ids": self.training_ids.tolist(),
+            "rounds": [r.to_dict() for r in self.rounds],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` output; the pool is rebuilt from its encodings."""
+        self.configs, self._keys = [], {}
+        self.encodings = np.zeros((0, len(self.cardinalities)), dtype=np.int64)
+        self.bits, self.losses = np.zeros(0), np.full(0, np.nan)
+        self.loss_round = np.zeros(0, dtype=np.int64)
+        for encoding, name, round_index in zip(
+            state["encodings"], state["names"], state["loss_round"], strict=True
+        ):
+            encoding = np.asarray(encoding, dtype=np.int64)
+            mqc = ModelQConfig.decode(
+                encoding, self.targets, quantizer=self.quantizer, model=self.model_name, name=name
+            )
+            self._add(mqc, encoding, round_index)
+        self.losses = np.array([np.nan if v is None else v for v in state["losses"]], dtype=float)
+        self.training_ids = np.asarray(state["training_ids"], dtype=np.int64)
+        self.rounds = [SearchRound(**r) for r in state["rounds"]]
 
     # --- proposals ----------------------------------------------------------------------
     def _draw_starts(self, rng: np.random.Generator, count: int) -> np.ndarray:
@@ -316,7 +364,7 @@ class ParetoSearch:
         tick = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, index])
         torch_seed = int(rng.integers(2**31))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _torch_threads(cfg.num_threads):
             torch.manual_seed(torch_seed)  # GP fitting restarts draw from torch's global RNG
             if n_candidates == 0:
                 proposals, rejected = [], 0
