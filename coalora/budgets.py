@@ -8,7 +8,9 @@ many budgets, or rerunning, costs one table.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -72,6 +74,36 @@ def _fisher(loaded, qbase: QuantizedBase, task_name: str, seed: int) -> dict:
     return fisher_diagonal(loaded.model, [batches.batch(k) for k in range(FISHER_BATCHES)], qbase.targets)
 
 
+def _load_for_quantization(name: str, fisher_task: str | None, seed: int):
+    """Load ``name`` as the kind of model its Fisher task (or its family) needs.
+
+    Only the quantized matrices matter here, so an encoder without a task gets a throwaway
+    2-label head.
+    """
+    from .models import MODELS, load_model
+
+    if fisher_task is not None:
+        from .data import load_task
+
+        spec = load_task(fisher_task, max_train=1, max_eval=1).spec
+        if spec.kind == "classification":
+            return load_model(name, kind="classification", num_labels=spec.num_labels, seed=seed)
+        return load_model(name, kind="causal-lm", seed=seed)
+    family = MODELS[name].family if name in MODELS else _family_from_config(name)
+    if family == "encoder":
+        return load_model(name, kind="classification", num_labels=2, seed=seed)
+    return load_model(name, kind="causal-lm", seed=seed)
+
+
+def _family_from_config(name: str) -> str:
+    """'encoder' unless a local model directory's config names a causal-LM architecture."""
+    config = Path(name).expanduser() / "config.json"
+    if not config.is_file():
+        return "causal-lm"  # a hub id: let load_model give its own (offline) error
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return "causal-lm" if any("CausalLM" in a for a in architectures) else "encoder"
+
+
 def configs_for_budgets(
     model,
     budgets: list[float],
@@ -92,17 +124,7 @@ def configs_for_budgets(
                 f"[{MIN_BITS}, {MAX_BITS}]"
             )
     if isinstance(model, str):
-        from .models import load_model
-
-        kind = "causal-lm"
-        if fisher_task is not None:
-            from .data import load_task
-
-            spec = load_task(fisher_task, max_train=1, max_eval=1).spec
-            kind = "classification" if spec.kind == "classification" else "causal-lm"
-            loaded = load_model(model, kind=kind, num_labels=spec.num_labels, seed=seed)
-        else:
-            loaded = load_model(model, kind=kind, seed=seed)
+        loaded = _load_for_quantization(model, fisher_task, seed)
     else:
         loaded = model
     qbase = qbase or QuantizedBase(loaded.model)

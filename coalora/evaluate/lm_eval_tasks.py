@@ -270,6 +270,11 @@ class LMEvalSuite:
             self._lm_model_id = id(model)
         return self._lm
 
+    def prepare(self) -> None:
+        """Build the task data and load the tasks now (else on the first ``run``)."""
+        if self._task_dict is None:
+            self._task_dict = self._load_tasks()
+
     # --- running ------------------------------------------------------------------------
     def run(self, model, tokenizer, limit: int | None = None) -> tuple[dict[str, float], dict]:
         """(metrics, protocol): metrics are ``lm_eval/<task>/<metric>`` (``/<filter>`` when
@@ -278,8 +283,7 @@ class LMEvalSuite:
 
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {limit}")
-        if self._task_dict is None:
-            self._task_dict = self._load_tasks()
+        self.prepare()
         lm = self._harness_model(model, tokenizer)
         model.eval()
         output = evaluator.evaluate(

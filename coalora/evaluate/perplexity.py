@@ -33,7 +33,9 @@ class PerplexityResult:
     dropped_tokens: int  # the tail shorter than a window, plus windows beyond ``max_windows``
 
     def protocol(self) -> dict:
-        return {"style": "gptq, non-overlapping windows", **asdict(self)}
+        """Everything but the perplexity itself (which is a metric)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "perplexity"}
+        return {"style": "gptq, non-overlapping windows", **fields}
 
 
 def max_positions(model: torch.nn.Module) -> int | None:

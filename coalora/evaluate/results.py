@@ -62,7 +62,9 @@ def _is_dict(value) -> bool:
 
 
 def _is_sha256(value) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 # field -> (check, what it must be); the order is the order of a written file.

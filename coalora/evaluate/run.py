@@ -1,0 +1,521 @@
+"""Evaluating configurations: many per process, one results file each.
+
+``evaluate_configs`` rebuilds a trained method from its checkpoint ONCE and then, per
+configuration, switches the in-memory model to it (``method.prepare_eval``: quantized base
+weights from the ``QuantizedBase`` cache, adapter for that configuration) and measures it.
+``evaluate_base`` does the same for the base model without any adapter (method ``"none"``),
+including the unquantized full-precision reference (a ``None`` configuration).
+
+What is measured depends on the task's kind:
+
+- classification (encoders, sequence classifiers): accuracy and F1 on the test split
+  (``classification.py``); the primary metric is the task's own (``spec.metric``);
+- language modelling (causal LMs): GPTQ-style perplexity on the test split
+  (``perplexity.py``, primary) plus lm-eval-harness tasks, by default the embedded
+  ``bible_ppl`` and ``bible_mc`` (``lm_eval_tasks.py``).
+
+Set-up (switching configuration) and evaluation are timed separately per configuration;
+loading the model once is recorded as ``protocol.load_seconds``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import TASKS, TaskData, lm_token_ids, load_task
+from ..quant import ModelQConfig
+from .classification import evaluate_classifier
+from .lm_eval_tasks import EMBEDDED_TASKS, LMEvalSuite
+from .perplexity import DEFAULT_WINDOW, perplexity, window_length
+from .results import (
+    FULL_PRECISION,
+    SCHEMA,
+    code_version,
+    directory_hash,
+    qconfig_hash,
+    validate_result,
+    write_result,
+)
+
+# Classification truncation when neither the settings nor a checkpoint give one.
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class EvalSettings:
+    """How configurations are evaluated (recorded in each result's ``protocol``)."""
+
+    batch_size: int = 8  # classification examples / lm-eval requests per forward pass
+    max_length: int | None = None  # classification truncation (None: the training length)
+    window: int = DEFAULT_WINDOW  # perplexity window, capped at the model's max positions
+    ppl_batch_size: int = 1  # perplexity windows per forward pass
+    limit: int | None = None  # test examples / perplexity windows / lm-eval docs per task
+    # lm-eval tasks for causal LMs (None: the embedded ones; () or []: none).
+    lm_eval_tasks: Sequence[str] | None = None
+    lm_eval_include: Sequence[str] = field(default_factory=tuple)  # extra task YAML dirs
+
+    def __post_init__(self):
+        for name in ("batch_size", "ppl_batch_size", "window", "max_length", "limit"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"evaluation setting {name!r} must be a positive integer, got {value!r}"
+                )
+        if self.lm_eval_tasks is not None:
+            self.lm_eval_tasks = tuple(self.lm_eval_tasks)
+        self.lm_eval_include = tuple(str(p) for p in self.lm_eval_include)
+
+
+class TaskMeasure:
+    """Measures a model on one task; holds what stays the same across configurations (the
+    test token stream, loaded lm-eval tasks, the harness wrapper)."""
+
+    def __init__(self, loaded, task: TaskData, settings: EvalSettings, max_length: int):
+        self.loaded = loaded
+        self.task = task
+        self.settings = settings
+        self.max_length = max_length
+        self.kind = task.spec.kind
+        self.suite = None
+        if self.kind == "classification":
+            if loaded.kind != "classification":
+                raise ValueError(
+                    f"task {task.spec.name!r} is classification but the model is {loaded.kind}"
+                )
+            if settings.lm_eval_tasks:
+                raise ValueError("lm-eval tasks need a causal LM; this is a classification task")
+            return
+        if loaded.kind != "causal-lm":
+            raise ValueError(
+                f"task {task.spec.name!r} is {self.kind} but the model is {loaded.kind}"
+            )
+        self.window = window_length(loaded.model, settings.window)
+        self.token_ids = lm_token_ids(task, loaded.tokenizer, "test")
+        tasks = EMBEDDED_TASKS if settings.lm_eval_tasks is None else settings.lm_eval_tasks
+        if tasks:
+            self.suite = LMEvalSuite(
+                tasks, settings.lm_eval_include, settings.batch_size, max_length=self.window
+            )
+            # Loading belongs to the one-time set-up, not to the first configuration's time.
+            self.suite.prepare()
+
+    @property
+    def primary_metric(self) -> tuple[str, bool]:
+        if self.kind == "classification":
+            return self.task.spec.metric, True
+        return "perplexity", False
+
+    @torch.no_grad()
+    def measure(self, model: torch.nn.Module) -> tuple[dict[str, float], dict]:
+        """(metrics, protocol) of ``model`` as it is now."""
+        s = self.settings
+        if self.kind == "classification":
+            metrics, protocol = evaluate_classifier(
+                model, self.loaded.tokenizer, self.task, s.batch_size, self.max_length
+            )
+            return metrics, {"kind": "classification", **protocol, "limit": s.limit}
+        result = perplexity(model, self.token_ids, self.window, s.ppl_batch_size, s.limit)
+        metrics = {"perplexity": result.perplexity}
+        protocol = {
+            "kind": "lm",
+            "split": "test",
+            "limit": s.limit,
+            "perplexity": result.protocol(),
+        }
+        if self.suite is not None:
+            lm_metrics, protocol["lm_eval"] = self.suite.run(model, self.loaded.tokenizer, s.limit)
+            metrics.update(lm_metrics)
+        return metrics, protocol
+
+
+# ============================================================================ records
+
+
+def config_label(mqc: ModelQConfig | None) -> str:
+    if mqc is None:
+        return FULL_PRECISION
+    return mqc.name or f"bits-{mqc.avg_bits:.3f}-{qconfig_hash(mqc)[:8]}"
+
+
+def _packages() -> dict:
+    from ..runner import package_versions
+
+    return package_versions()
+
+
+def make_record(
+    *,
+    model: str,
+    task: str,
+    method: str,
+    mqc: ModelQConfig | None,
+    seen: bool | None,
+    metrics: dict,
+    primary: tuple[str, bool],
+    protocol: dict,
+    base_hash: str,
+    checkpoint_hash: str | None,
+    seed: int,
+    train_seconds: float | None,
+    train_steps: int | None,
+    setup_seconds: float,
+    eval_seconds: float,
+) -> dict:
+    """A schema-checked results record (``coalora.evaluate.results``)."""
+    record = {
+        "schema": SCHEMA,
+        "model": model,
+        "task": task,
+        "method": method,
+        "config_name": config_label(mqc),
+        "seen": seen,
+        # The full-precision base is fp32 (see protocol.dtype).
+        "avg_bits": 32.0 if mqc is None else float(mqc.avg_bits),
+        "budget": None if mqc is None or mqc.budget is None else float(mqc.budget),
+        "quantizer": "none" if mqc is None else mqc.quantizer,
+        "metrics": metrics,
+        "primary_metric": primary[0],
+        "higher_is_better": primary[1],
+        "protocol": protocol,
+        "hashes": {
+            "qconfig": qconfig_hash(mqc),
+            "base_weights": base_hash,
+            "checkpoint": checkpoint_hash,
+        },
+        "seed": int(seed),
+        "train_seconds": None if train_seconds is None else float(train_seconds),
+        "train_steps": None if train_steps is None else int(train_steps),
+        "setup_seconds": float(setup_seconds),
+        "eval_seconds": float(eval_seconds),
+        "packages": _packages(),
+        "code_version": code_version(),
+    }
+    return validate_result(record)
+
+
+# ============================================================================ configurations
+
+
+def resolve_configs(
+    items: Sequence, loaded, qbase, quantizer: str = "nf", allocation: dict | None = None
+) -> list[ModelQConfig | None]:
+    """Configurations from mixed items: a ``ModelQConfig``; a float (a budget: the ILP
+    configuration on this model); a path (a qconfig JSON, named by its file stem unless it
+    has a name); ``None`` (full precision). Every configuration must fit the model."""
+    budgets = [float(x) for x in items if isinstance(x, int | float) and not isinstance(x, bool)]
+    by_budget = {}
+    if budgets:
+        from ..budgets import configs_for_budgets
+
+        allocated = configs_for_budgets(
+            loaded, budgets, quantizer=quantizer, qbase=qbase, **(allocation or {})
+        )
+        by_budget = dict(zip(budgets, allocated, strict=True))
+    out: list[ModelQConfig | None] = []
+    for item in items:
+        if item is None or isinstance(item, ModelQConfig):
+            mqc = item
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            mqc = by_budget[float(item)]
+        elif isinstance(item, str | os.PathLike):
+            mqc = ModelQConfig.load(item, qbase.targets)
+            mqc.name = mqc.name or Path(item).stem
+        else:
+            raise ValueError(f"not a configuration, budget or qconfig path: {item!r}")
+        if mqc is not None:
+            mqc.check_targets(qbase.targets, f"configuration {config_label(mqc)!r}")
+        out.append(mqc)
+    return out
+
+
+def _check_out_paths(out_paths, n: int) -> list[Path | None]:
+    if out_paths is None:
+        return [None] * n
+    paths = [Path(p) for p in out_paths]
+    if len(paths) != n:
+        raise ValueError(f"{len(paths)} output paths for {n} configurations")
+    if len(set(paths)) != len(paths):
+        raise ValueError("two configurations would write the same output file")
+    return paths
+
+
+def _load_eval_task(name: str, settings: EvalSettings) -> TaskData:
+    # For classification the limit is a stratified sample of the test split; for language
+    # modelling it caps windows and lm-eval documents instead (the token stream stays whole).
+    spec = TASKS.get(name)
+    task = None if spec else load_task(name)  # local:<dir>: its kind is known once loaded
+    kind = spec.kind if spec else task.spec.kind
+    if kind == "classification" and settings.limit is not None:
+        return load_task(name, max_eval=settings.limit)
+    return task or load_task(name)
+
+
+def _common_protocol(task: TaskData, loaded, load_seconds: float, n_configs: int) -> dict:
+    param = next(loaded.model.parameters())
+    return {
+        "task_source": task.spec.source,
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "device": str(param.device),
+        "threads": torch.get_num_threads(),
+        "load_seconds": load_seconds,
+        "configs_in_process": n_configs,
+    }
+
+
+def evaluate_configs(
+    checkpoint: str | os.PathLike,
+    configs: Sequence,
+    task: str | None = None,
+    out_paths: Sequence[str | os.PathLike] | None = None,
+    settings: EvalSettings | None = None,
+    allocation: dict | None = None,
+) -> list[dict]:
+    """Evaluate a trained method under many configurations in one process.
+
+    The checkpoint is loaded once (``coalora.runner.load_trained``); each configuration is
+    then activated in memory with ``method.prepare_eval``. ``configs`` items are
+    ``ModelQConfig`` objects, budgets (floats: the ILP configuration, with the checkpoint's
+    quantizer and ``allocation`` options ``fisher_task`` / ``max_elements``) or qconfig JSON
+    paths. ``task`` defaults to the checkpoint's own. Each result is written to its
+    ``out_paths`` entry (atomically) as soon as it is measured; all are returned.
+    """
+    from ..runner import load_trained
+
+    settings = settings or EvalSettings()
+    paths = _check_out_paths(out_paths, len(configs))
+    started = time.perf_counter()
+    method, manifest = load_trained(checkpoint)
+    task_data = _load_eval_task(task or manifest["task"], settings)
+    if task_data.spec.kind == "classification" and task_data.spec.num_labels != manifest.get(
+        "num_labels"
+    ):
+        raise ValueError(
+            f"task {task_data.spec.name!r} has {task_data.spec.num_labels} labels, the checkpoint's "
+            f"classifier {manifest.get('num_labels')}"
+        )
+    mqcs = resolve_configs(
+        configs, method.loaded, method.qbase, manifest.get("quantizer", "nf"), allocation
+    )
+    if any(m is None for m in mqcs):
+        raise ValueError("a trained method is evaluated under quantized configurations only")
+    train_settings = manifest["settings"]
+    max_length = settings.max_length or train_settings.get("max_length") or DEFAULT_MAX_LENGTH
+    measure = TaskMeasure(method.loaded, task_data, settings, max_length)
+    ckpt_hash = directory_hash(checkpoint)
+    load_seconds = time.perf_counter() - started
+    trained_keys = {m.key() for m in method.train_configs}
+
+    records = []
+    for mqc, path in zip(mqcs, paths, strict=True):
+        clock = time.perf_counter()
+        model = method.prepare_eval(mqc)
+        setup = time.perf_counter() - clock
+        clock = time.perf_counter()
+        metrics, protocol = measure.measure(model)
+        evaluation = time.perf_counter() - clock
+        protocol.update(_common_protocol(task_data, method.loaded, load_seconds, len(mqcs)))
+        protocol["eval_settings"] = asdict(settings)
+        record = make_record(
+            model=manifest["model"],
+            task=task_data.spec.name,
+            method=manifest["method"],
+            mqc=mqc,
+            seen=mqc.key() in trained_keys,
+            metrics=metrics,
+            primary=measure.primary_metric,
+            protocol=protocol,
+            base_hash=manifest["base_weights_hash"],
+            checkpoint_hash=ckpt_hash,
+            seed=train_settings.get("seed", 0),
+            train_seconds=manifest.get("train_seconds"),
+            train_steps=manifest.get("steps"),
+            setup_seconds=setup,
+            eval_seconds=evaluation,
+        )
+        if path is not None:
+            write_result(path, record)
+        records.append(record)
+    return records
+
+
+def evaluate_base(
+    model: str,
+    task: str,
+    configs: Sequence,
+    out_paths: Sequence[str | os.PathLike] | None = None,
+    settings: EvalSettings | None = None,
+    seed: int = 0,
+    quantizer: str = "nf",
+    allocation: dict | None = None,
+) -> list[dict]:
+    """Reference rows: the base model without any adapter (method ``"none"``), loaded once,
+    under each configuration; a ``None`` item is the unquantized full-precision model
+    (config ``"full-precision"``, quantizer ``"none"``). Items as in ``evaluate_configs``;
+    budgets use ``quantizer``. A classifier's head is the untrained one drawn from ``seed``."""
+    from ..models import load_model, weights_hash
+    from ..quant import QuantizedBase
+    from ..runner import model_kind
+
+    settings = settings or EvalSettings()
+    paths = _check_out_paths(out_paths, len(configs))
+    started = time.perf_counter()
+    task_data = _load_eval_task(task, settings)
+    loaded = load_model(
+        model, kind=model_kind(task_data.spec.kind), num_labels=task_data.spec.num_labels, seed=seed
+    )
+    base_hash = weights_hash(loaded.model)
+    qbase = QuantizedBase(loaded.model)
+    mqcs = resolve_configs(configs, loaded, qbase, quantizer, allocation)
+    measure = TaskMeasure(loaded, task_data, settings, settings.max_length or DEFAULT_MAX_LENGTH)
+    load_seconds = time.perf_counter() - started
+
+    records = []
+    for mqc, path in zip(mqcs, paths, strict=True):
+        clock = time.perf_counter()
+        if mqc is None:
+            qbase.restore()
+        else:
+            qbase.apply(mqc)
+        loaded.model.eval()
+        setup = time.perf_counter() - clock
+        clock = time.perf_counter()
+        metrics, protocol = measure.measure(loaded.model)
+        evaluation = time.perf_counter() - clock
+        protocol.update(_common_protocol(task_data, loaded, load_seconds, len(mqcs)))
+        protocol["eval_settings"] = asdict(settings)
+        record = make_record(
+            model=model,
+            task=task_data.spec.name,
+            method="none",
+            mqc=mqc,
+            seen=None,
+            metrics=metrics,
+            primary=measure.primary_metric,
+            protocol=protocol,
+            base_hash=base_hash,
+            checkpoint_hash=None,
+            seed=seed,
+            train_seconds=None,
+            train_steps=None,
+            setup_seconds=setup,
+            eval_seconds=evaluation,
+        )
+        if path is not None:
+            write_result(path, record)
+        records.append(record)
+    return records
+
+
+# ============================================================================ command line
+
+
+def evaluate_from_cli(args) -> None:
+    """``coalora evaluate``: evaluate a checkpoint (or the bare base model) and write results.
+
+    Flags (argparse dest in brackets; exactly one of --checkpoint / --model, and exactly one
+    of --budget / --qconfig / --qconfigs / --full-precision):
+
+    --checkpoint DIR       [checkpoint]  trained method (coalora train --out)
+    --model NAME           [model]       evaluate the base model without adapter (method "none")
+    --budget FLOAT         [budget]      the ILP configuration for this budget
+    --qconfig FILE         [qconfig]     one configuration JSON
+    --qconfigs FILE...     [qconfigs]    many configurations (nargs="+"), one process; each
+                                         result goes to OUT_DIR/<config name or stem>.json
+    --full-precision       [full_precision]  (with --model) the unquantized base
+    --out FILE             [out]         result JSON (with --budget / --qconfig / --full-precision)
+    --out-dir DIR          [out_dir]     result directory (with --qconfigs)
+    --task NAME            [task]        default: the checkpoint's task (required with --model)
+    --limit N              [limit]       test examples / perplexity windows / lm-eval docs per task
+    --lm-eval-tasks T...   [lm_eval_tasks]  (nargs="*") causal LMs: lm-eval tasks (default
+                                         bible_ppl bible_mc; give the flag with no names for none)
+    --lm-eval-include DIR  [lm_eval_include] (action="append") extra lm-eval task YAML dirs
+    --batch-size N         [batch_size]  default 8
+    --window N             [window]      perplexity window, default 2048 (capped at the model's)
+    --max-length N         [max_length]  classification truncation (default: training length)
+    --quantizer nf|int     [quantizer]   with --model --budget (a checkpoint uses its own)
+    --fisher-task, --max-elements, --seed  as for `coalora allocate` (budgets; seed of --model)
+    """
+    opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    checkpoint, model = opt("checkpoint"), opt("model")
+    if (checkpoint is None) == (model is None):
+        raise ValueError("give exactly one of --checkpoint and --model")
+    forms = {
+        "--budget": opt("budget") is not None,
+        "--qconfig": opt("qconfig") is not None,
+        "--qconfigs": bool(opt("qconfigs")),
+        "--full-precision": bool(opt("full_precision")),
+    }
+    if sum(forms.values()) != 1:
+        raise ValueError("give exactly one of --budget, --qconfig, --qconfigs, --full-precision")
+    if forms["--full-precision"] and checkpoint is not None:
+        raise ValueError("--full-precision evaluates the base model: use it with --model")
+    if forms["--qconfigs"]:
+        if opt("out_dir") is None:
+            raise ValueError("--qconfigs writes one file per configuration: give --out-dir")
+        items = list(opt("qconfigs"))
+    else:
+        if opt("out") is None:
+            raise ValueError("give --out (the result JSON to write)")
+        items = [opt("budget") if forms["--budget"] else opt("qconfig")]
+        if forms["--full-precision"]:
+            items = [None]
+    lm_eval_tasks = opt("lm_eval_tasks")
+    settings = EvalSettings(
+        batch_size=opt("batch_size") or 8,
+        max_length=opt("max_length"),
+        window=opt("window") or DEFAULT_WINDOW,
+        limit=opt("limit"),
+        lm_eval_tasks=None if lm_eval_tasks is None else list(lm_eval_tasks),
+        lm_eval_include=opt("lm_eval_include") or (),
+    )
+    allocation = {"fisher_task": opt("fisher_task"), "max_elements": opt("max_elements")}
+    if forms["--qconfigs"]:
+        # Names are known only after loading (a file's own name, else its stem).
+        names = [_qconfig_file_name(p) for p in items]
+        if len(set(names)) != len(names):
+            raise ValueError("two --qconfigs files have the same configuration name")
+        out_paths = [Path(opt("out_dir")) / f"{n}.json" for n in names]
+    else:
+        out_paths = [Path(opt("out"))]
+    if checkpoint is not None:
+        records = evaluate_configs(
+            checkpoint, items, opt("task"), out_paths, settings, allocation=allocation
+        )
+    else:
+        if opt("task") is None:
+            raise ValueError("--model needs --task")
+        records = evaluate_base(
+            model,
+            opt("task"),
+            items,
+            out_paths,
+            settings,
+            seed=opt("seed") or 0,
+            quantizer=opt("quantizer") or "nf",
+            allocation=allocation,
+        )
+    for path, record in zip(out_paths, records, strict=True):
+        print(summary_line(path, record))
+
+
+def _qconfig_file_name(path) -> str:
+    from ..io import read_json
+
+    data = read_json(path, "configuration file")
+    name = data.get("name") if isinstance(data, dict) else None
+    return name or Path(path).stem
+
+
+def summary_line(path, record: dict) -> str:
+    primary = record["primary_metric"]
+    return (
+        f"wrote {path}: {record['method']} {record['config_name']} "
+        f"avg_bits {record['avg_bits']:.3f} {primary} {record['metrics'][primary]:.4f} "
+        f"(set-up {record['setup_seconds']:.2f} s, eval {record['eval_seconds']:.1f} s)"
+    )
