@@ -1,5 +1,7 @@
 """The shared training engine with CoA-LoRA on tiny random LLaMA and BERT models."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,25 @@ def test_qlora_is_per_configuration():
     with pytest.raises(ValueError, match="one configuration per run"):
         get_method("qlora")(loaded, qbase, TrainSettings(**SETTINGS), random_configs(qbase.targets, 2, 0))
     del task
+
+
+def test_resume_with_search_matches_an_uninterrupted_run(tmp_path):
+    from coalora.runner import run_training
+
+    settings = TrainSettings(
+        **{**SETTINGS, "steps": 10, "r": 4, "epoch_steps": 3, "save_every": 2},
+        search_candidates=2,
+    )
+    common = dict(model="tiny-llama", task="bible-lm", method="coalora", settings=settings,
+                  budgets=[2.5, 3.0, 3.5], max_train=64, progress=False)  # fmt: skip
+    run_training(out=tmp_path / "full", **common)
+    assert run_training(out=tmp_path / "cut", stop_after=5, **common) is None
+    run_training(out=tmp_path / "cut", **common)  # resumes at step 5, after one search round
+    full_manifest, full_weights = load_checkpoint(tmp_path / "full")
+    cut_manifest, cut_weights = load_checkpoint(tmp_path / "cut")
+    assert full_manifest["loss_first_last"] == cut_manifest["loss_first_last"]
+    assert full_manifest["num_train_configs"] == cut_manifest["num_train_configs"]
+    for key, value in full_weights.items():
+        assert torch.equal(value, cut_weights[key]), key
+    full_log = (tmp_path / "full" / "search_log.json").read_text()
+    assert len(json.loads(full_log)) == 3

@@ -89,9 +89,11 @@ def perplexity(
     for start in range(0, n, batch_size):
         ids = windows[start : start + batch_size].to(device)
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # half-precision log-softmax loses digits
         # Position t predicts token t + 1 of the same window.
         nll = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
             ids[:, 1:].reshape(-1),
             reduction="sum",
         )

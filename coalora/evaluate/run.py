@@ -20,6 +20,7 @@ loading the model once is recorded as ``protocol.load_seconds``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -196,7 +197,8 @@ def make_record(
         "packages": _packages(),
         "code_version": code_version(),
     }
-    return validate_result(record)
+    # What a reader will get back from the file (tuples become lists, and so on).
+    return validate_result(json.loads(json.dumps(record)))
 
 
 # ============================================================================ configurations
