@@ -40,9 +40,16 @@ def costs_for(
     max_elements: int | None = None,
     seed: int = 0,
     cache: bool = True,
+    path: str | Path | None = None,
 ) -> torch.Tensor:
-    """The model's [N, 432] cost table, from the cache when present."""
-    path = cost_cache_path(loaded.name, qbase, quantizer, fisher_task, max_elements)
+    """The model's [N, 432] cost table, from ``path`` (or the cache) when present.
+
+    A given ``path`` that exists is trusted only if it fits the model (checked on load)."""
+    if path is not None and Path(path).exists():
+        return load_cost_table(path, qbase.targets, quantizer=quantizer).costs
+    path = Path(path) if path is not None else cost_cache_path(
+        loaded.name, qbase, quantizer, fisher_task, max_elements
+    )
     if cache and path.exists():
         try:
             return load_cost_table(path, qbase.targets, quantizer=quantizer).costs
@@ -112,6 +119,8 @@ def configs_for_budgets(
     max_elements: int | None = None,
     seed: int = 0,
     qbase: QuantizedBase | None = None,
+    cost_table_path: str | Path | None = None,
+    names: list[str] | None = None,
 ) -> list[ModelQConfig]:
     """ILP configurations for ``budgets``. ``model`` is a name or a ``LoadedModel``.
 
@@ -128,10 +137,11 @@ def configs_for_budgets(
     else:
         loaded = model
     qbase = qbase or QuantizedBase(loaded.model)
-    costs = costs_for(loaded, qbase, quantizer, fisher_task, max_elements, seed)
+    costs = costs_for(loaded, qbase, quantizer, fisher_task, max_elements, seed, path=cost_table_path)
+    names = names or [f"ilp-{budget_label(b)}" for b in budgets]
     return [
-        allocate(qbase.targets, costs, b, quantizer=quantizer, model=loaded.name, name=f"ilp-{b:.3f}")
-        for b in budgets
+        allocate(qbase.targets, costs, b, quantizer=quantizer, model=loaded.name, name=name)
+        for b, name in zip(budgets, names, strict=True)
     ]
 
 

@@ -31,6 +31,28 @@ def _cmd_tasks(args) -> None:
     print("(local:DIR defines a task from local TSV/JSONL files; see README)")
 
 
+def _cmd_prepare(args) -> None:
+    from .runner import prepare
+
+    info = prepare(args.model, args.task, args.out, seed=args.seed)
+    print(f"wrote {args.out}: {info['num_targets']} quantizable matrices, splits {info['task_sizes']}")
+
+
+def _cmd_cost_table(args) -> None:
+    from .budgets import _load_for_quantization, costs_for
+    from .quant import QuantizedBase
+
+    if not str(args.out).endswith(".safetensors"):
+        raise ValueError(f"--out must end in .safetensors, got {args.out}")
+    loaded = _load_for_quantization(args.model, args.fisher_task, args.seed)
+    qbase = QuantizedBase(loaded.model)
+    costs = costs_for(
+        loaded, qbase, args.quantizer, args.fisher_task, args.max_elements, args.seed,
+        path=args.out,
+    )
+    print(f"wrote {args.out}: {tuple(costs.shape)} costs")
+
+
 def _cmd_allocate(args) -> None:
     from .budgets import configs_for_budgets
 
@@ -41,6 +63,8 @@ def _cmd_allocate(args) -> None:
         fisher_task=args.fisher_task,
         max_elements=args.max_elements,
         seed=args.seed,
+        cost_table_path=args.cost_table,
+        names=[args.name] if args.name else None,
     )
     mqc.save(args.out)
     print(f"wrote {args.out}: {len(mqc.modules)} matrices, avg_bits {mqc.avg_bits:.4f} <= {args.budget}")
@@ -58,6 +82,18 @@ def _cmd_adapt(args) -> None:
     adapt_from_cli(args)
 
 
+def _cmd_evaluate(args) -> None:
+    from .evaluate.run import evaluate_from_cli
+
+    evaluate_from_cli(args)
+
+
+def _cmd_report(args) -> None:
+    from .report import report_from_cli
+
+    report_from_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coalora", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -66,10 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the named base models").set_defaults(func=_cmd_models)
     sub.add_parser("tasks", help="list the named tasks").set_defaults(func=_cmd_tasks)
 
+    p = sub.add_parser("prepare", help="make the base model and task data ready (offline)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True, help="JSON summary to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("cost-table", help="quantization error of every matrix x option")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="cost table to write (.safetensors + .json index)")
+    _add_allocation_options(p, cost_table=False)
+    p.set_defaults(func=_cmd_cost_table)
+
     p = sub.add_parser("allocate", help="ILP: bit budget -> per-matrix configuration (JSON)")
     p.add_argument("--model", required=True, help="model name, local directory or hub id")
     p.add_argument("--budget", required=True, type=float, help="average bits per parameter")
     p.add_argument("--out", required=True, help="configuration JSON to write")
+    p.add_argument("--name", help="name stored in the configuration (default ilp-<budget>)")
     _add_allocation_options(p)
     p.set_defaults(func=_cmd_allocate)
 
@@ -100,10 +150,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PEFT adapter directory to write")
     _add_allocation_options(p)
     p.set_defaults(func=_cmd_adapt)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained method (or the base) on configurations")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="trained method (coalora train --out)")
+    source.add_argument("--model", help="the base model with no adapter (method 'none')")
+    form = p.add_mutually_exclusive_group(required=True)
+    form.add_argument("--budget", type=float, help="the ILP configuration of this budget")
+    form.add_argument("--qconfig", help="one configuration JSON")
+    form.add_argument("--qconfigs", nargs="+", help="many configurations, one process")
+    form.add_argument("--full-precision", action="store_true", help="(with --model) unquantized")
+    p.add_argument("--out", help="result JSON (with --budget / --qconfig / --full-precision)")
+    p.add_argument("--out-dir", help="result directory (with --qconfigs)")
+    p.add_argument("--task", help="default: the checkpoint's task (required with --model)")
+    p.add_argument("--limit", type=int, help="test examples / perplexity windows / lm-eval docs")
+    p.add_argument(
+        "--lm-eval-tasks",
+        nargs="*",
+        help="causal LMs: lm-eval tasks (default bible_ppl bible_mc; the flag alone for none)",
+    )
+    p.add_argument("--lm-eval-include", action="append", help="extra lm-eval task YAML folder")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=int, help="perplexity window in tokens (default 2048)")
+    p.add_argument("--max-length", type=int, help="classification truncation")
+    _add_allocation_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="tables and figures from evaluation JSONs")
+    kinds = p.add_subparsers(dest="report", required=True)
+    t = kinds.add_parser("table1", help="main comparison table (CSV + Markdown)")
+    t.add_argument("results", nargs="+", help="evaluation JSON files")
+    t.add_argument("--out", required=True, help="CSV to write")
+    t.add_argument("--markdown", help="Markdown rendering to write")
+    t.add_argument("--reference", default="qlora", help="method of the Acc. gap")
+    f = kinds.add_parser("pareto", help="metric vs average bits, one line per method")
+    f.add_argument("results", nargs="+", help="evaluation JSON files")
+    f.add_argument("--out", required=True, help="PNG to write")
+    f.add_argument("--svg", help="SVG to write too")
+    f.add_argument("--title", default="")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
-def _add_allocation_options(p: argparse.ArgumentParser) -> None:
+def _add_allocation_options(p: argparse.ArgumentParser, cost_table: bool = True) -> None:
+    if cost_table:
+        p.add_argument(
+            "--cost-table", help="cost table to read, or to write when absent (.safetensors)"
+        )
     p.add_argument("--quantizer", default="nf", choices=["nf", "int"])
     p.add_argument(
         "--fisher-task",

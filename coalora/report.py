@@ -110,3 +110,59 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def pareto_figure(results: pd.DataFrame, title: str = ""):
+    """Primary metric vs average bits, one line per method (sorted by bits); hollow markers
+    for configurations that are unseen (``seen`` is False)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = results.copy()
+    df["value"] = [row[f"metrics.{row['primary_metric']}"] for _, row in df.iterrows()]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for method, m in df.groupby("method", sort=True):
+        m = m.sort_values("avg_bits")
+        line = ax.plot(m["avg_bits"], m["value"], "-", label=method, alpha=0.8)[0]
+        unseen = m["seen"].eq(False)
+        ax.scatter(m.loc[~unseen, "avg_bits"], m.loc[~unseen, "value"], color=line.get_color())
+        ax.scatter(
+            m.loc[unseen, "avg_bits"], m.loc[unseen, "value"], facecolors="none",
+            edgecolors=line.get_color(),
+        )
+    metric = df["primary_metric"].iloc[0]
+    ax.set_xlabel("average bits per parameter")
+    ax.set_ylabel(metric + ("" if df["higher_is_better"].iloc[0] else " (lower is better)"))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def report_from_cli(args) -> None:
+    from .evaluate.results import read_results
+    from .io import atomic_path
+
+    results = read_results(args.results)
+    if args.report == "table1":
+        table = summary_table(results, reference=args.reference)
+        with atomic_path(args.out, suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        if args.markdown:
+            with atomic_path(args.markdown, suffix=".md") as tmp:
+                tmp.write_text(to_markdown(table))
+        print(f"wrote {args.out}: {len(table)} rows")
+    elif args.report == "pareto":
+        fig = pareto_figure(results, args.title)
+        with atomic_path(args.out, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
+        if args.svg:
+            with atomic_path(args.svg, suffix=".svg") as tmp:
+                fig.savefig(tmp, format="svg")
+        print(f"wrote {args.out}")

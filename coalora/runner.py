@@ -63,7 +63,7 @@ def parse_settings(settings_file: str | None, overrides: list[str], steps: int |
 
 def training_configs(
     method_cls, loaded, qbase, *, budget=None, qconfig=None, budgets=None, quantizer="nf",
-    fisher_task=None, max_elements=None, seed=0,
+    fisher_task=None, max_elements=None, seed=0, cost_table=None,
 ) -> list[ModelQConfig]:
     """The method's training set: a given configuration, one budget, or a budget grid."""
     if qconfig is not None:
@@ -79,7 +79,7 @@ def training_configs(
         raise ValueError(f"method {method_cls.name!r} needs budgets for its training set")
     configs = configs_for_budgets(
         loaded, budgets, quantizer=quantizer, fisher_task=fisher_task,
-        max_elements=max_elements, seed=seed, qbase=qbase,
+        max_elements=max_elements, seed=seed, qbase=qbase, cost_table_path=cost_table,
     )
     unique, seen = [], set()
     for mqc in configs:  # neighbouring budgets can give the same ILP solution
@@ -92,7 +92,7 @@ def training_configs(
 def run_training(
     *, model: str, task: str, method: str, settings: TrainSettings, out: str | Path,
     budget=None, qconfig=None, budgets=None, quantizer="nf", fisher_task=None,
-    max_elements=None, max_train=None, progress=True, stop_after=None,
+    max_elements=None, max_train=None, progress=True, stop_after=None, cost_table=None,
 ) -> Path | None:
     """Train ``method`` and write the checkpoint directory ``out`` (atomically).
 
@@ -111,6 +111,7 @@ def run_training(
     train_configs = training_configs(
         method_cls, loaded, qbase, budget=budget, qconfig=qconfig, budgets=budgets,
         quantizer=quantizer, fisher_task=fisher_task, max_elements=max_elements, seed=settings.seed,
+        cost_table=cost_table,
     )
     runner = method_cls(loaded, qbase, settings, train_configs)
     batches = make_batches(
@@ -186,6 +187,7 @@ def train_from_cli(args) -> None:
         model=args.model, task=args.task, method=args.method, settings=settings, out=args.out,
         budget=args.budget, qconfig=args.qconfig, budgets=budgets, quantizer=args.quantizer,
         fisher_task=args.fisher_task, max_elements=args.max_elements, max_train=args.max_train,
+        cost_table=args.cost_table,
     )
     manifest = read_json(Path(out) / "manifest.json")
     print(
@@ -203,7 +205,36 @@ def adapt_from_cli(args) -> None:
         [mqc] = configs_for_budgets(
             method.loaded, [args.budget], quantizer=manifest.get("quantizer", "nf"),
             fisher_task=args.fisher_task, max_elements=args.max_elements, qbase=method.qbase,
+            cost_table_path=args.cost_table,
         )
     method.prepare_eval(mqc)
     method.export(mqc, args.out, manifest["model"])
     print(f"wrote {args.out}: adapter for avg_bits {mqc.avg_bits:.4f} in {time.perf_counter() - started:.1f} s")
+
+
+def prepare(model: str, task: str, out: str | Path, seed: int = 0) -> dict:
+    """Make the model (e.g. SmolLM2's one-time GGUF conversion) and task data ready, and
+    record what they are: the workflow's first rule, so later jobs never race to build them."""
+    from .data import load_task
+    from .io import write_json
+    from .models import load_model, weights_hash
+    from .quant import quantizable_targets
+
+    task_data = load_task(task)
+    loaded = load_model(
+        model, kind=model_kind(task_data.spec.kind), num_labels=task_data.spec.num_labels, seed=seed
+    )
+    targets = quantizable_targets(loaded.model)
+    info = {
+        "model": model,
+        "task": task,
+        "task_kind": task_data.spec.kind,
+        "task_metric": task_data.spec.metric,
+        "task_sizes": task_data.sizes,
+        "num_targets": len(targets),
+        "quantized_parameters": sum(t.numel for t in targets),
+        "base_weights_hash": weights_hash(loaded.model),
+        "packages": package_versions(),
+    }
+    write_json(out, info)
+    return info

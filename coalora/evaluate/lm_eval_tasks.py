@@ -23,10 +23,12 @@ The embedded tasks never touch the network.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -174,12 +176,22 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+@functools.cache
+def _registry_manager(include: tuple[str, ...]):
+    """lm-eval's TaskManager over its own registry (+ ``include``); indexing its ~15k task
+    YAMLs takes seconds, so it is done once per process and only when a registry task is named."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include) or None, include_defaults=True)
+
+
 class LMEvalSuite:
     """lm-eval tasks loaded once, run on any number of model states.
 
     The same model object is evaluated under many configurations (its weights and adapters
     are switched in place), so the harness wrapper (``HFLM``) and the loaded tasks are built
-    once and reused; each ``run`` scores the model as it is now.
+    once and reused; each ``run`` scores the model as it is now. Each named task (or group)
+    runs as its own ``evaluate`` call, so its time is recorded on its own.
     """
 
     def __init__(
@@ -197,64 +209,61 @@ class LMEvalSuite:
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"lm-eval include directory not found: {path}")
         self.task_names = list(tasks)
-        self.include = [Path(p) for p in include]
+        self.include = tuple(str(p) for p in include)
         self.batch_size = batch_size
         self.max_length = max_length
-        self._task_dict = None
+        self._loaded: dict[str, dict] | None = None  # name -> lm-eval task dict
         self._lm = None
         self._lm_model_id: int | None = None
         self._data_hashes: dict[str, str] = {}
 
     # --- loading ------------------------------------------------------------------------
-    def _load_tasks(self) -> dict:
+    def _load_embedded(self, name: str) -> dict:
         from lm_eval.tasks import TaskManager
 
-        embedded = [n for n in self.task_names if n in EMBEDDED_TASKS]
-        others = [n for n in self.task_names if n not in EMBEDDED_TASKS]
-        merged: dict = {"tasks": {}, "groups": {}, "group_map": {}}
+        directory = embedded_tasks_dir()
+        self._data_hashes[name] = _file_sha256(directory / f"{name}.jsonl")
+        manager = TaskManager(include_path=str(directory), include_defaults=False)
+        with _hub_offline(True):  # local JSONL only: never the network
+            return manager.load([name])
 
-        def merge(loaded: dict) -> None:
-            for key in merged:
-                merged[key].update(loaded.get(key, {}))
+    def _load_registry(self, name: str) -> dict:
+        manager = _registry_manager(self.include)
+        if name not in manager.all_tasks:
+            where = f" nor in {', '.join(self.include)}" if self.include else ""
+            raise ValueError(
+                f"unknown lm-eval task {name!r}: not embedded ({', '.join(EMBEDDED_TASKS)}), "
+                f"not in lm-eval {version('lm-eval')}'s registry{where}"
+            )
+        reason = hub_offline_reason()
+        try:
+            with _hub_offline(reason is not None):
+                return manager.load([name])
+        except Exception as err:
+            if reason is not None:
+                raise HubUnavailableError(
+                    f"lm-eval task {name!r} needs its data from the Hugging Face hub, which is "
+                    f"offline ({reason}): write a task YAML over local JSONL (dataset_path: "
+                    "json, dataset_kwargs: {data_files: ...}) and pass its directory with "
+                    "--lm-eval-include"
+                ) from err
+            raise RuntimeError(f"lm-eval task {name!r} failed to load: {_first_line(err)}") from err
 
-        if embedded:
-            directory = embedded_tasks_dir()
-            self._data_hashes = {n: _file_sha256(directory / f"{n}.jsonl") for n in embedded}
-            manager = TaskManager(include_path=str(directory), include_defaults=False)
-            with _hub_offline(True):  # local JSONL only: never the network
-                merge(manager.load(embedded))
-        if others:
-            # Indexing lm-eval's registry takes seconds: only done when a registry task is named.
-            paths = [str(p) for p in self.include] or None
-            manager = TaskManager(include_path=paths, include_defaults=True)
-            reason = hub_offline_reason()
-            for name in others:
-                if name not in manager.all_tasks:
-                    raise ValueError(
-                        f"unknown lm-eval task {name!r}: not embedded ({', '.join(EMBEDDED_TASKS)}), "
-                        f"not in lm-eval {version('lm-eval')}'s registry"
-                        + (f" nor in {', '.join(map(str, self.include))}" if self.include else "")
-                    )
-                try:
-                    with _hub_offline(reason is not None):
-                        merge(manager.load([name]))
-                except Exception as err:
-                    if reason is not None:
-                        raise HubUnavailableError(
-                            f"lm-eval task {name!r} needs its data from the Hugging Face hub, "
-                            f"which is offline ({reason}): write a task YAML over local JSONL "
-                            "(dataset_path: json, dataset_kwargs: {data_files: ...}) and pass "
-                            "its directory with --lm-eval-include"
-                        ) from err
-                    raise RuntimeError(
-                        f"lm-eval task {name!r} failed to load: {_first_line(err)}"
-                    ) from err
-        for task in merged["tasks"].values():
-            # What simple_evaluate does: zero-shot unless the task says otherwise, fixed seed.
-            if task.get_config("num_fewshot") is None:
-                task.set_config(key="num_fewshot", value=0)
-            task.set_fewshot_seed(seed=1234)
-        return merged
+    def prepare(self) -> None:
+        """Build the task data and load the tasks now (else on the first ``run``)."""
+        if self._loaded is not None:
+            return
+        loaded = {}
+        for name in self.task_names:
+            # Embedded names always mean the embedded tasks (include dirs cannot shadow them).
+            embedded = name in EMBEDDED_TASKS
+            loaded[name] = self._load_embedded(name) if embedded else self._load_registry(name)
+            for task in loaded[name]["tasks"].values():
+                # What simple_evaluate does: zero-shot unless the task says otherwise, seeded.
+                if task.get_config("num_fewshot") is None:
+                    task.set_config(key="num_fewshot", value=0)
+                task.set_fewshot_seed(seed=1234)
+        self._loaded = loaded
 
     def _harness_model(self, model, tokenizer):
         from lm_eval.models.huggingface import HFLM
@@ -270,15 +279,11 @@ class LMEvalSuite:
             self._lm_model_id = id(model)
         return self._lm
 
-    def prepare(self) -> None:
-        """Build the task data and load the tasks now (else on the first ``run``)."""
-        if self._task_dict is None:
-            self._task_dict = self._load_tasks()
-
     # --- running ------------------------------------------------------------------------
     def run(self, model, tokenizer, limit: int | None = None) -> tuple[dict[str, float], dict]:
         """(metrics, protocol): metrics are ``lm_eval/<task>/<metric>`` (``/<filter>`` when
-        the filter is not ``none``); the protocol holds versions, n-shot, sizes, batch size."""
+        the filter is not ``none``); the protocol holds versions, n-shot, sizes, batch size
+        and the seconds each named task took."""
         from lm_eval import evaluator
 
         if limit is not None and limit < 1:
@@ -286,27 +291,24 @@ class LMEvalSuite:
         self.prepare()
         lm = self._harness_model(model, tokenizer)
         model.eval()
-        output = evaluator.evaluate(
-            lm=lm, task_dict=self._task_dict, limit=limit, bootstrap_iters=0, log_samples=False
-        )
-        metrics = {}
-        for task, values in output["results"].items():
-            for key, value in values.items():
-                if "," not in key or "_stderr" in key or isinstance(value, bool):
-                    continue
-                metric, filter_name = key.split(",", 1)
-                if isinstance(value, int | float):
-                    suffix = "" if filter_name == "none" else f"/{filter_name}"
-                    metrics[f"lm_eval/{task}/{metric}{suffix}"] = float(value)
-        tasks = {}
-        for task in output["results"]:
-            tasks[task] = {
-                "version": output.get("versions", {}).get(task),
-                "n_shot": output.get("n-shot", {}).get(task),
-                "n_samples": output.get("n-samples", {}).get(task),
-            }
-            if task in self._data_hashes:
-                tasks[task]["data_sha256"] = self._data_hashes[task]
+        metrics: dict[str, float] = {}
+        tasks: dict[str, dict] = {}
+        for name, task_dict in self._loaded.items():
+            clock = time.perf_counter()
+            output = evaluator.evaluate(
+                lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=0, log_samples=False
+            )
+            seconds = time.perf_counter() - clock
+            metrics.update(_flatten_metrics(output))
+            for task in output["results"]:
+                tasks[task] = {
+                    "version": output.get("versions", {}).get(task),
+                    "n_shot": output.get("n-shot", {}).get(task),
+                    "n_samples": output.get("n-samples", {}).get(task),
+                }
+                if task in self._data_hashes:
+                    tasks[task]["data_sha256"] = self._data_hashes[task]
+            tasks.setdefault(name, {})["seconds"] = seconds
         protocol = {
             "lm_eval_version": version("lm-eval"),
             "tasks": tasks,
@@ -316,3 +318,16 @@ class LMEvalSuite:
             "bootstrap_iters": 0,
         }
         return metrics, protocol
+
+
+def _flatten_metrics(output: dict) -> dict[str, float]:
+    metrics = {}
+    for task, values in output["results"].items():
+        for key, value in values.items():
+            if "," not in key or "_stderr" in key or isinstance(value, bool):
+                continue
+            metric, filter_name = key.split(",", 1)
+            if isinstance(value, int | float):
+                suffix = "" if filter_name == "none" else f"/{filter_name}"
+                metrics[f"lm_eval/{task}/{metric}{suffix}"] = float(value)
+    return metrics

@@ -121,13 +121,14 @@ class TaskMeasure:
                 model, self.loaded.tokenizer, self.task, s.batch_size, self.max_length
             )
             return metrics, {"kind": "classification", **protocol, "limit": s.limit}
+        clock = time.perf_counter()
         result = perplexity(model, self.token_ids, self.window, s.ppl_batch_size, s.limit)
         metrics = {"perplexity": result.perplexity}
         protocol = {
             "kind": "lm",
             "split": "test",
             "limit": s.limit,
-            "perplexity": result.protocol(),
+            "perplexity": {**result.protocol(), "seconds": time.perf_counter() - clock},
         }
         if self.suite is not None:
             lm_metrics, protocol["lm_eval"] = self.suite.run(model, self.loaded.tokenizer, s.limit)

@@ -40,6 +40,8 @@ from .model_config import ModelQConfig
 from .targets import QuantTarget
 
 MIP_REL_GAP = 1e-6
+_EXTRA = {}
+_CORE = 6  # options per matrix in the core problem that gives the first feasible solution
 
 
 def pareto_options(costs: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -167,24 +169,44 @@ def solve_allocation(
     bits = option_bits[option]
     weight = np.array(numels, dtype=np.float64)[:, None] / sum(numels) * bits
 
-    # 2. Drop every option that cannot be in an optimal solution: its Lagrangian lower bound
-    #    exceeds the cost of a feasible solution. This is what makes HiGHS fast and robust
-    #    when costs span many orders of magnitude (2-bit vs 8-bit errors).
-    lam, lower, greedy = _lagrangian_bounds(cost, weight, budget, numels, bits)
-    upper = float(cost[np.arange(len(cost)), greedy].sum())
+    # 2. Bounds from the Lagrangian relaxation, and a good feasible solution: the exact ILP
+    #    restricted to a "core" of each matrix's few options nearest the Lagrangian optimum
+    #    (smallest reduced cost), which HiGHS solves in a blink.
+    rows = np.arange(len(cost))
+    lam, lower, best = _lagrangian_bounds(cost, weight, budget, numels, bits)
+    upper = float(cost[rows, best].sum())
     if upper <= 0:  # every matrix at its cheapest option already fits: nothing to trade off
-        return [int(option[i, j]) for i, j in enumerate(greedy)]
+        return [int(option[i, j]) for i, j in enumerate(best)]
     reduced = cost + lam * weight
     reduced -= reduced.min(axis=1, keepdims=True)
-    useful = lower + reduced <= upper * (1 + 1e-9)  # a hair of slack for rounding
-    useful[np.arange(len(cost)), greedy] = True
+    core = reduced <= np.sort(reduced, axis=1)[:, min(_CORE, width) - 1 : min(_CORE, width)]
+    core[rows, best] = True
+    floor = costs.min(axis=1)
+    found = _solve_subset(core, cost, weight, floor, budget, numels, bits, mip_rel_gap)
+    if cost[rows, found].sum() < upper:
+        best, upper = found, float(cost[rows, found].sum())
 
-    # 3. The exact ILP on what is left, costs scaled to the feasible solution's cost.
-    row_of, col_of = np.nonzero(useful)
-    c = cost[row_of, col_of] / upper
+    # 3. Drop every option that cannot be in an optimal solution (its Lagrangian lower bound
+    #    exceeds the cost of the feasible solution), then solve the exact ILP on the rest,
+    #    unless the core already held all of it.
+    useful = lower + reduced <= upper * (1 + 1e-9)  # a hair of slack for rounding
+    useful[rows, best] = True
+    if (useful & ~core).any():
+        best = _solve_subset(useful, cost, weight, floor, budget, numels, bits, mip_rel_gap)
+    return [int(option[i, j]) for i, j in enumerate(best)]
+
+
+def _solve_subset(allowed, cost, weight, floor, budget, numels, bits, mip_rel_gap) -> np.ndarray:
+    """The ILP over the ``allowed`` [N, K] options with HiGHS; the column chosen per row."""
+    row_of, col_of = np.nonzero(allowed)
+    # HiGHS sees the full costs (its relative gap is then relative to the total error, the
+    # ILP's objective as stated), scaled to a total of order one.
+    full = cost[row_of, col_of] + floor[row_of]
+    c = full / max(float(full.max()), 1e-300)
     w = weight[row_of, col_of]
     offsets = np.searchsorted(row_of, np.arange(len(cost) + 1))
-    one_each = csr_array((np.ones(len(c)), (row_of, np.arange(len(c)))), shape=(len(cost), len(c)))
+    n = len(cost)
+    one_each = csr_array((np.ones(len(c)), (row_of, np.arange(len(c)))), shape=(n, len(c)))
     margin = 0.0
     for _attempt in range(6):
         with warnings.catch_warnings():
@@ -198,7 +220,7 @@ def solve_allocation(
                     LinearConstraint(one_each, 1, 1),
                     LinearConstraint(w[None, :], -np.inf, float(budget) - margin),
                 ],
-                options={"mip_rel_gap": mip_rel_gap, "mip_abs_gap": 0.0},
+                options={"mip_rel_gap": mip_rel_gap, "mip_abs_gap": 0.0, **_EXTRA},
             )
         if result.status != 0 or result.x is None:
             raise RuntimeError(
@@ -206,11 +228,13 @@ def solve_allocation(
                 f"({result.message})"
             )
         # Each matrix's variables are contiguous; take its largest (integral up to tolerance).
-        choice = [
-            int(option[i, col_of[begin + np.argmax(result.x[begin:end])]])
-            for i, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))
-        ]
-        excess = _average_bits(numels, option_bits[choice].tolist()) - budget
+        choice = np.array(
+            [
+                col_of[begin + np.argmax(result.x[begin:end])]
+                for begin, end in zip(offsets[:-1], offsets[1:], strict=True)
+            ]
+        )
+        excess = _average_bits(numels, bits[np.arange(n), choice].tolist()) - budget
         if excess <= 0:
             return choice
         # HiGHS met the budget only up to its feasibility tolerance (~1e-7 bits): solve again
@@ -256,7 +280,9 @@ def budget_grid(start: float, stop: float, step: float, keep_every: int = 1) -> 
     2.25, 2.35, ..., 7.15 (50 budgets).
     """
     if not (step > 0 and math.isfinite(step)) or not (math.isfinite(start) and stop > start):
-        raise ValueError(f"budget grid needs start < stop and step > 0, got {start}, {stop}, {step}")
+        raise ValueError(
+            f"budget grid needs start < stop and step > 0, got {start}, {stop}, {step}"
+        )
     if isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1:
         raise ValueError(f"keep_every must be a positive integer, got {keep_every!r}")
     # Count the steps with a tolerance, so that (7.25 - 2.25) / 0.05 = 99.99999999999999 is 100.

@@ -1,0 +1,32 @@
+# coalora: the CoA-LoRA benchmark DAG.
+#   snakemake --cores all results/table1.csv                     (embedded default)
+#   snakemake --cores all --configfile config/ci.yaml            (tiny models, minutes)
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml
+# Every rule is a thin call of the `coalora` command; all logic lives in the package.
+import json
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RESULTS}/table1.csv",
+        f"{RESULTS}/table1.md",
+        expand(f"{RESULTS}/figures/{{exp}}_pareto.{{ext}}", exp=EXPERIMENTS, ext=["png", "svg"]),

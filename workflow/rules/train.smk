@@ -1,0 +1,64 @@
+# Training: one run per shared method, one run per configuration for per-configuration
+# methods. Every method goes through the same engine (coalora.train) and step budget.
+
+
+def method_budget_flags(exp, method):
+    conf = exp_conf(exp)
+    if method == "coalora" and conf.get("coalora_budgets"):
+        return "--budgets " + ",".join(str(b) for b in conf["coalora_budgets"])
+    if method == "shared-lora" and conf.get("shared_budgets"):
+        return "--budgets " + ",".join(str(b) for b in conf["shared_budgets"])
+    return ""
+
+
+rule train:
+    input:
+        prepared=f"{RESULTS}/{{exp}}/prepared.json",
+        costs=f"{RESULTS}/{{exp}}/cost_table.safetensors",
+    output:
+        directory(f"{RESULTS}/{{exp}}/{{method}}/checkpoint"),
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/train.tsv"
+    params:
+        model=lambda w: exp_conf(w.exp)["model"],
+        task=lambda w: exp_conf(w.exp)["task"],
+        steps=lambda w: exp_conf(w.exp)["steps"][w.method],
+        budgets=lambda w: method_budget_flags(w.exp, w.method),
+        settings=lambda w: train_flags(w.exp),
+        data=lambda w: data_flags(w.exp),
+    resources:
+        mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
+        runtime=lambda w: resources_for(w.exp, "train").get("runtime", 120),
+        gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
+    log:
+        f"{RESULTS}/logs/{{exp}}/{{method}}/train.log",
+    shell:
+        "{COALORA} train --model {params.model} --task {params.task} --method {wildcards.method} "
+        "--steps {params.steps} {params.budgets} {params.settings} {params.data} "
+        "--quantizer {QUANTIZER} --cost-table {input.costs} --out {output} 2> {log}"
+
+
+rule train_per_config:
+    input:
+        prepared=f"{RESULTS}/{{exp}}/prepared.json",
+        qconfig=f"{RESULTS}/{{exp}}/qconfigs/{{cfg}}.json",
+    output:
+        directory(f"{RESULTS}/{{exp}}/{{method}}/{{cfg}}/checkpoint"),
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/train-{{cfg}}.tsv"
+    params:
+        model=lambda w: exp_conf(w.exp)["model"],
+        task=lambda w: exp_conf(w.exp)["task"],
+        steps=lambda w: exp_conf(w.exp)["steps"][w.method],
+        settings=lambda w: train_flags(w.exp),
+        data=lambda w: data_flags(w.exp),
+    resources:
+        mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
+        runtime=lambda w: resources_for(w.exp, "train").get("runtime", 120),
+        gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
+    log:
+        f"{RESULTS}/logs/{{exp}}/{{method}}/train-{{cfg}}.log",
+    shell:
+        "{COALORA} train --model {params.model} --task {params.task} --method {wildcards.method} "
+        "--steps {params.steps} --qconfig {input.qconfig} {params.settings} {params.data} "
+        "--out {output} 2> {log}"
