@@ -11,7 +11,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless --configfile names a preset: a preset REPLACES it (Snakemake
+# would otherwise merge the two, mixing their experiments). --config KEY=VALUE still updates.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -54,20 +54,35 @@ def _cmd_cost_table(args) -> None:
 
 
 def _cmd_allocate(args) -> None:
-    from .budgets import configs_for_budgets
+    from pathlib import Path
 
-    [mqc] = configs_for_budgets(
+    from .budgets import budget_label, configs_for_budgets
+
+    if args.budget is not None:
+        if not args.out or args.out_dir or args.names:
+            raise ValueError("--budget writes one file: give --out (not --out-dir / --names)")
+        budgets, names, outs = [args.budget], [args.name], [Path(args.out)]
+    else:
+        if not args.out_dir or args.out or args.name:
+            raise ValueError("--budgets writes one file per budget: give --out-dir")
+        budgets = args.budgets
+        names = args.names or [f"b{budget_label(b)}" for b in budgets]
+        if len(names) != len(budgets):
+            raise ValueError(f"{len(names)} --names for {len(budgets)} --budgets")
+        outs = [Path(args.out_dir) / f"{name}.json" for name in names]
+    configs = configs_for_budgets(
         args.model,
-        [args.budget],
+        budgets,
         quantizer=args.quantizer,
         fisher_task=args.fisher_task,
         max_elements=args.max_elements,
         seed=args.seed,
         cost_table_path=args.cost_table,
-        names=[args.name] if args.name else None,
+        names=names if all(names) else None,
     )
-    mqc.save(args.out)
-    print(f"wrote {args.out}: {len(mqc.modules)} matrices, avg_bits {mqc.avg_bits:.4f} <= {args.budget}")
+    for mqc, out, budget in zip(configs, outs, budgets, strict=True):
+        mqc.save(out)
+        print(f"wrote {out}: {len(mqc.modules)} matrices, avg_bits {mqc.avg_bits:.4f} <= {budget}")
 
 
 def _cmd_train(args) -> None:
@@ -117,9 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("allocate", help="ILP: bit budget -> per-matrix configuration (JSON)")
     p.add_argument("--model", required=True, help="model name, local directory or hub id")
-    p.add_argument("--budget", required=True, type=float, help="average bits per parameter")
-    p.add_argument("--out", required=True, help="configuration JSON to write")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--budget", type=float, help="average bits per parameter")
+    which.add_argument("--budgets", type=float, nargs="+", help="several budgets, one model load")
+    p.add_argument("--out", help="configuration JSON to write (with --budget)")
+    p.add_argument("--out-dir", help="folder of <name>.json files (with --budgets)")
     p.add_argument("--name", help="name stored in the configuration (default ilp-<budget>)")
+    p.add_argument("--names", nargs="+", help="names for --budgets (default b<budget>)")
     _add_allocation_options(p)
     p.set_defaults(func=_cmd_allocate)
 

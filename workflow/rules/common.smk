@@ -32,6 +32,10 @@ def unseen_cfgs(exp):
     return [f"u{budget_label(b)}" for b in exp_conf(exp).get("unseen_budgets", [])]
 
 
+def all_cfgs(exp):
+    return eval_cfgs(exp) + unseen_cfgs(exp)
+
+
 def cfg_budget(cfg):
     return float(cfg[1:])
 

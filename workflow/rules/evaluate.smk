@@ -7,11 +7,14 @@ def eval_checkpoint(w):
 
 
 rule evaluate:
+    """Per-configuration methods: one checkpoint, one configuration."""
     input:
         checkpoint=eval_checkpoint,
         qconfig=f"{RESULTS}/{{exp}}/qconfigs/{{cfg}}.json",
     output:
         f"{RESULTS}/{{exp}}/{{method}}/eval/{{cfg}}.json",
+    wildcard_constraints:
+        method="|".join(sorted(PER_CONFIG)),
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/eval-{{cfg}}.tsv"
     params:
@@ -27,27 +30,61 @@ rule evaluate:
         "{params.flags} --out {output} 2> {log}"
 
 
-rule evaluate_base:
-    input:
-        prepared=f"{RESULTS}/{{exp}}/prepared.json",
-        qconfig=f"{RESULTS}/{{exp}}/qconfigs/{{cfg}}.json",
-    output:
-        f"{RESULTS}/{{exp}}/none/eval/{{cfg}}.json",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/none/eval-{{cfg}}.tsv"
-    params:
-        model=lambda w: exp_conf(w.exp)["model"],
-        task=lambda w: exp_conf(w.exp)["task"],
-        flags=lambda w: eval_flags(w.exp),
-    resources:
-        mem_mb=lambda w: resources_for(w.exp, "evaluate").get("mem_mb", 8000),
-        runtime=lambda w: resources_for(w.exp, "evaluate").get("runtime", 60),
-        gpu=lambda w: resources_for(w.exp, "evaluate").get("gpu", 0),
-    log:
-        f"{RESULTS}/logs/{{exp}}/none/eval-{{cfg}}.log",
-    shell:
-        "{COALORA} evaluate --model {params.model} --task {params.task} --qconfig {input.qconfig} "
-        "--seed {SEED} {params.flags} --out {output} 2> {log}"
+# Shared methods (one checkpoint serving every configuration) and the unadapted base ("none")
+# evaluate all their configurations in ONE process: the base model is loaded once and each
+# configuration costs only its quantization and adapter. One rule per experiment, since the
+# list of outputs depends on the experiment.
+for _exp in EXPERIMENTS:
+    _shared = [m for m in exp_conf(_exp)["methods"] if m not in PER_CONFIG]
+    _cfgs = all_cfgs(_exp)
 
+    rule:
+        name:
+            f"evaluate_{_exp}"
+        input:
+            checkpoint=f"{RESULTS}/{_exp}/{{method}}/checkpoint",
+            qconfigs=[f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in _cfgs],
+        output:
+            [f"{RESULTS}/{_exp}/{{method}}/eval/{cfg}.json" for cfg in _cfgs],
+        wildcard_constraints:
+            method="|".join(_shared) if _shared else "^$",
+        benchmark:
+            f"{RESULTS}/benchmarks/{_exp}/{{method}}/eval.tsv"
+        params:
+            flags=eval_flags(_exp),
+            out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/{w.method}/eval",
+        resources:
+            mem_mb=resources_for(_exp, "evaluate").get("mem_mb", 8000),
+            runtime=resources_for(_exp, "evaluate").get("runtime", 60),
+            gpu=resources_for(_exp, "evaluate").get("gpu", 0),
+        log:
+            f"{RESULTS}/logs/{_exp}/{{method}}/eval.log",
+        shell:
+            "{COALORA} evaluate --checkpoint {input.checkpoint} --qconfigs {input.qconfigs} "
+            "{params.flags} --out-dir {params.out_dir} 2> {log}"
 
-ruleorder: evaluate_base > evaluate
+    rule:
+        name:
+            f"evaluate_base_{_exp}"
+        input:
+            prepared=f"{RESULTS}/{_exp}/prepared.json",
+            qconfigs=[f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in _cfgs],
+        output:
+            [f"{RESULTS}/{_exp}/none/eval/{cfg}.json" for cfg in _cfgs],
+        benchmark:
+            f"{RESULTS}/benchmarks/{_exp}/none/eval.tsv"
+        params:
+            model=exp_conf(_exp)["model"],
+            task=exp_conf(_exp)["task"],
+            flags=eval_flags(_exp),
+            out_dir=f"{RESULTS}/{_exp}/none/eval",
+        resources:
+            mem_mb=resources_for(_exp, "evaluate").get("mem_mb", 8000),
+            runtime=resources_for(_exp, "evaluate").get("runtime", 60),
+            gpu=resources_for(_exp, "evaluate").get("gpu", 0),
+        log:
+            f"{RESULTS}/logs/{_exp}/none/eval.log",
+        shell:
+            "{COALORA} evaluate --model {params.model} --task {params.task} "
+            "--qconfigs {input.qconfigs} --seed {SEED} {params.flags} "
+            "--out-dir {params.out_dir} 2> {log}"

@@ -32,16 +32,25 @@ rule cost_table:
         "--seed {SEED} --out {output[0]} 2> {log}"
 
 
-rule allocate:
-    input:
-        f"{RESULTS}/{{exp}}/cost_table.safetensors",
-    output:
-        f"{RESULTS}/{{exp}}/qconfigs/{{cfg}}.json",
-    params:
-        model=lambda w: exp_conf(w.exp)["model"],
-        budget=lambda w: cfg_budget(w.cfg),
-    log:
-        f"{RESULTS}/logs/{{exp}}/allocate-{{cfg}}.log",
-    shell:
-        "{COALORA} allocate --model {params.model} --budget {params.budget} --quantizer {QUANTIZER} "
-        "--cost-table {input} --name {wildcards.cfg} --out {output} 2> {log}"
+# One job per experiment allocates every budget it needs: the ILP is fast, loading the model
+# and the cost table is what costs, so doing it once keeps small runs fast.
+for _exp in EXPERIMENTS:
+
+    rule:
+        name:
+            f"allocate_{_exp}"
+        input:
+            f"{RESULTS}/{_exp}/cost_table.safetensors",
+        output:
+            [f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in all_cfgs(_exp)],
+        params:
+            model=exp_conf(_exp)["model"],
+            budgets=" ".join(str(cfg_budget(cfg)) for cfg in all_cfgs(_exp)),
+            names=" ".join(all_cfgs(_exp)),
+            out_dir=f"{RESULTS}/{_exp}/qconfigs",
+        log:
+            f"{RESULTS}/logs/{_exp}/allocate.log",
+        shell:
+            "{COALORA} allocate --model {params.model} --budgets {params.budgets} "
+            "--names {params.names} --quantizer {QUANTIZER} --cost-table {input} "
+            "--out-dir {params.out_dir} 2> {log}"
