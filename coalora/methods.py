@@ -134,7 +134,9 @@ class CoALoRAMethod(Method):
 
     def setup(self) -> dict:
         wrappers = super().setup()
-        self._mapper = ConfigAwareMapper.for_targets(self.targets, self.settings.r, seed=self.settings.seed)
+        self._mapper = ConfigAwareMapper.for_targets(
+            self.targets, self.settings.r, seed=self.settings.seed
+        ).to(next(self.model.parameters()).device)
         self.coa = CoALoRA(self.model, wrappers, self._mapper, self.targets)
         self.search = None
         return wrappers
@@ -166,7 +168,10 @@ class CoALoRAMethod(Method):
             losses = []
             for mqc in configs:
                 model = self.prepare_eval(mqc)
-                losses.append(float(np.mean([model(**b).loss.item() for b in held_out])))
+                device = next(model.parameters()).device
+                losses.append(
+                    float(np.mean([model(**{k: v.to(device) for k, v in b.items()}).loss.item() for b in held_out]))
+                )
             return losses
 
         config = SearchConfig(

@@ -20,7 +20,7 @@ from .budgets import configs_for_budgets
 from .io import read_json
 from .methods import get_method
 from .quant import ModelQConfig, QuantizedBase
-from .train import TrainSettings, clear_resume, load_checkpoint, save_checkpoint, train
+from .train import TrainSettings, clear_resume, load_checkpoint, resolve_device, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def run_training(
     kind = model_kind(task_data.spec.kind)
     loaded = load_model(model, kind=kind, num_labels=task_data.spec.num_labels, seed=settings.seed)
     base_hash = weights_hash(loaded.model)
+    loaded.model.to(resolve_device(settings.device))
     qbase = QuantizedBase(loaded.model)
     train_configs = training_configs(
         method_cls, loaded, qbase, budget=budget, qconfig=qconfig, budgets=budgets,
@@ -165,6 +166,7 @@ def load_trained(checkpoint: str | Path):
         raise ValueError(
             f"checkpoint {checkpoint} was trained on other base weights than {manifest['model']!r} gives now"
         )
+    loaded.model.to(resolve_device(settings.device))
     qbase = QuantizedBase(loaded.model)
     configs_file = Path(checkpoint) / TRAIN_CONFIGS_FILE
     train_configs = [

@@ -66,6 +66,8 @@ class TrainSettings:
     search_segments: int = 40
     search_starts: int = 0
     search_steps: int = 10
+    # "auto": the first CUDA GPU when there is one, else the CPU.
+    device: str = "auto"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "max_length", "configs_per_step", "r"):
@@ -95,6 +97,18 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)  # mean loss over K configs, per step
     epoch_logs: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"training setting 'device': {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"training setting 'device' is {name!r} but no CUDA GPU is available")
+    return device
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -134,6 +148,7 @@ def train(
         log.info("resuming %s at step %d", method.name, start)
 
     model = method.model
+    device = next(model.parameters()).device
     model.train()
     last = settings.steps if stop_after is None else min(stop_after, settings.steps)
     bar = tqdm(
@@ -149,7 +164,7 @@ def train(
         seed = step_seed(settings.seed, step)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        batch = batch_for_step(step)
+        batch = {k: v.to(device) for k, v in batch_for_step(step).items()}
         configs = method.configs_for_step(rng, settings.configs_per_step)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0

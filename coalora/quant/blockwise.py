@@ -97,7 +97,7 @@ def quantize(weight: torch.Tensor, qc: QuantConfig, quantizer: str = "nf") -> Qu
         first_level_scales(blocks), real_blocks, qc
     )
     scales_hat = dequantize_scales(scale_codes, second, offset, qc.b0)
-    levels = codebook(qc.b, quantizer)
+    levels = codebook(qc.b, quantizer).to(blocks.device)
     codes = encode_blocks(blocks, scales_hat, levels)
     return QuantizedTensor(
         codes=codes.reshape(-1).to(torch.uint8),
@@ -112,7 +112,7 @@ def quantize(weight: torch.Tensor, qc: QuantConfig, quantizer: str = "nf") -> Qu
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     qc = qt.qconfig
-    levels = codebook(qc.b, qt.quantizer)
+    levels = codebook(qc.b, qt.quantizer).to(qt.codes.device)
     values = levels[qt.codes.long()].view(-1, qc.B1, qc.B0) * qt.scales().unsqueeze(-1)
     numel = 1
     for d in qt.shape:
