@@ -35,7 +35,7 @@ from coalora.evaluate.results import FIELDS
 from coalora.models import HubUnavailableError, load_model
 from coalora.quant import ModelQConfig, QuantConfig, quantizable_targets
 
-FAST = dict(limit=3, window=64, batch_size=4)
+FAST = dict(limit=2, window=64, batch_size=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -152,7 +152,9 @@ def test_tiny_bert_metrics_equal_predicting_one_example_at_a_time(tmp_path):
     from coalora.data import load_task
 
     settings = EvalSettings(limit=20, batch_size=6, max_length=32)
-    [record] = evaluate_base("tiny-bert", "bible-testament", [None], [tmp_path / "fp.json"], settings)
+    [record] = evaluate_base(
+        "tiny-bert", "bible-testament", [None], [tmp_path / "fp.json"], settings
+    )
     assert record == read_result(tmp_path / "fp.json")
     assert record["method"] == "none" and record["config_name"] == "full-precision"
     assert record["quantizer"] == "none" and record["avg_bits"] == 32.0
@@ -165,7 +167,9 @@ def test_tiny_bert_metrics_equal_predicting_one_example_at_a_time(tmp_path):
     preds, labels = [], []
     with torch.no_grad():
         for r in task.test:
-            enc = loaded.tokenizer(r["sentence"], truncation=True, max_length=32, return_tensors="pt")
+            enc = loaded.tokenizer(
+                r["sentence"], truncation=True, max_length=32, return_tensors="pt"
+            )
             preds.append(int(loaded.model(**enc).logits.argmax(-1)))
             labels.append(r["label"])
     correct = sum(p == y for p, y in zip(preds, labels, strict=True))
@@ -238,8 +242,34 @@ def test_embedded_evaluation_never_touches_the_network(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    records = evaluate_base("tiny-llama", "bible-lm", [None], None, EvalSettings(limit=2, window=32))
+    records = evaluate_base(
+        "tiny-llama", "bible-lm", [None], None, EvalSettings(limit=2, window=32)
+    )
     assert records[0]["metrics"]["lm_eval/bible_mc/acc"] >= 0
+
+
+def test_a_users_local_lm_eval_task_runs_from_an_include_directory(tmp_path):
+    # The documented way to give data to a task offline: YAML over local JSONL.
+    data = tmp_path / "colours.jsonl"
+    docs = [
+        {"q": "The sky is", "choices": ["blue", "green"], "label": 0},
+        {"q": "Grass is", "choices": ["red", "green"], "label": 1},
+    ]
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "colours.yaml").write_text(
+        "task: my_colours\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    loaded = load_model("tiny-llama")
+    suite = LMEvalSuite(["my_colours"], include=[tmp_path], batch_size=2)
+    metrics, protocol = suite.run(loaded.model, loaded.tokenizer)
+    assert set(metrics) == {"lm_eval/my_colours/acc"}
+    assert protocol["tasks"]["my_colours"]["n_samples"]["effective"] == 2
+    with pytest.raises(FileNotFoundError, match="include directory"):
+        LMEvalSuite(["my_colours"], include=[tmp_path / "missing"])
 
 
 @pytest.mark.slow
@@ -258,7 +288,9 @@ def test_hub_only_lm_eval_task_offline_is_a_one_line_error():
 # ============================================================================ many configurations
 
 
-def test_many_configurations_share_one_loaded_model(checkpoint, llama_targets, monkeypatch, tmp_path):
+def test_many_configurations_share_one_loaded_model(
+    checkpoint, llama_targets, monkeypatch, tmp_path
+):
     unseen = ModelQConfig.uniform(llama_targets, QuantConfig(2, 8, "fp32", 64, 256), name="u2")
     unseen.save(tmp_path / "u2.json")
     calls = []
@@ -272,7 +304,8 @@ def test_many_configurations_share_one_loaded_model(checkpoint, llama_targets, m
     assert len(calls) == 1  # load_trained once, then only in-memory switching
 
     names = [r["config_name"] for r in records]
-    assert names == ["ilp-3.000", "ilp-4.000", "u2", "ilp-3.000"]
+    assert names[0] == names[3] and names[0].startswith("ilp-3") and names[2] == "u2"
+    assert [r["budget"] for r in records] == [3.0, 4.0, None, 3.0]
     assert [r["seen"] for r in records] == [True, True, False, True]
     assert records[0]["metrics"] == records[3]["metrics"]
     # lm-eval scored the live model: its numbers move with the configuration.
@@ -284,11 +317,10 @@ def test_many_configurations_share_one_loaded_model(checkpoint, llama_targets, m
         assert record["train_steps"] == 2 and record["train_seconds"] > 0
         assert record["hashes"]["checkpoint"] is not None
         assert record["protocol"]["perplexity"]["window"] == 64
-        assert record["protocol"]["perplexity"]["num_windows"] == 3
+        assert record["protocol"]["perplexity"]["num_windows"] == 2
         assert record["setup_seconds"] >= 0 and record["eval_seconds"] > 0
     assert records[0]["hashes"]["qconfig"] == records[3]["hashes"]["qconfig"]
     assert records[0]["hashes"]["qconfig"] != records[1]["hashes"]["qconfig"]
-    assert records[2]["budget"] is None and records[0]["budget"] == 3.0
 
     frame = read_results(outs)
     assert len(frame) == 4 and list(frame["config_name"]) == names
@@ -296,9 +328,11 @@ def test_many_configurations_share_one_loaded_model(checkpoint, llama_targets, m
     assert list(frame["primary_value"]) == [r["metrics"]["perplexity"] for r in records]
 
 
-def test_cli_function_writes_one_file_per_configuration(checkpoint, llama_targets, tmp_path, capsys):
-    for b in (2, 4):
-        mqc = ModelQConfig.uniform(llama_targets, QuantConfig(b, 8, "fp32", 64, 256))
+def test_cli_function_writes_one_file_per_configuration(
+    checkpoint, llama_targets, tmp_path, capsys
+):
+    for b, name in ((2, None), (4, "four-bit")):
+        mqc = ModelQConfig.uniform(llama_targets, QuantConfig(b, 8, "fp32", 64, 256), name=name)
         mqc.save(tmp_path / f"uniform{b}.json")
     args = argparse.Namespace(
         checkpoint=str(checkpoint),
@@ -315,15 +349,35 @@ def test_cli_function_writes_one_file_per_configuration(checkpoint, llama_target
     evaluate_from_cli(args)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("wrote ") for line in lines)
-    for b in (2, 4):
+    # Files follow the qconfig files' stems; config_name is the configuration's name, if any.
+    for b, name in ((2, "uniform2"), (4, "four-bit")):
         record = read_result(tmp_path / "results" / f"uniform{b}.json")
-        assert record["config_name"] == f"uniform{b}"
+        assert record["config_name"] == name
         assert set(record["metrics"]) == {"perplexity"}
         assert "lm_eval" not in record["protocol"]
 
     args.qconfig, args.out = str(tmp_path / "uniform2.json"), str(tmp_path / "x.json")
     with pytest.raises(ValueError, match="exactly one of --budget"):
         evaluate_from_cli(args)
+
+    # The bare base model, unquantized: the full-precision reference row.
+    base = argparse.Namespace(
+        model="tiny-llama",
+        full_precision=True,
+        task="bible-lm",
+        out=str(tmp_path / "fp.json"),
+        limit=1,
+        lm_eval_tasks=[],
+        window=32,
+    )
+    evaluate_from_cli(base)
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'fp.json'}: none full-precision")
+    record = read_result(tmp_path / "fp.json")
+    assert record["hashes"]["checkpoint"] is None and record["seen"] is None
+    assert (
+        record["hashes"]["base_weights"]
+        == json.loads((checkpoint / "manifest.json").read_text())["base_weights_hash"]
+    )
 
 
 # ============================================================================ results files
@@ -332,7 +386,9 @@ def test_cli_function_writes_one_file_per_configuration(checkpoint, llama_target
 @pytest.fixture(scope="module")
 def valid_record(tmp_path_factory):
     path = tmp_path_factory.mktemp("valid") / "r.json"
-    evaluate_base("tiny-llama", "bible-lm", [None], [path], EvalSettings(limit=1, window=32, lm_eval_tasks=[]))
+    evaluate_base(
+        "tiny-llama", "bible-lm", [None], [path], EvalSettings(limit=1, window=32, lm_eval_tasks=[])
+    )
     return read_result(path)
 
 
@@ -382,5 +438,7 @@ def test_results_are_written_atomically(valid_record, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no partial files
     # An invalid record is never written.
     with pytest.raises(ValueError, match="missing field 'seed'"):
-        write_result(tmp_path / "invalid.json", {k: v for k, v in valid_record.items() if k != "seed"})
+        write_result(
+            tmp_path / "invalid.json", {k: v for k, v in valid_record.items() if k != "seed"}
+        )
     assert not (tmp_path / "invalid.json").exists()

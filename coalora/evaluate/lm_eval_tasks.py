@@ -4,9 +4,9 @@ Two embedded tasks are built from the World English Bible (``coalora.data.bible_
 into JSONL files plus lm-eval task YAMLs (``dataset_path: json``) in a cache directory,
 deterministically, once:
 
-- ``bible_ppl``: held-out perplexity on the books no Bible training split contains (the test
-  books of ``bible-lm``: one document per chapter, ``loglikelihood_rolling``; word and byte
-  perplexity, bits per byte).
+- ``bible_ppl``: held-out perplexity on the test books of ``bible-lm``, which its training
+  split never contains (one document per chapter, ``loglikelihood_rolling``; word and byte
+  perplexity, bits per byte). The Bible classification tasks do draw verses from every book.
 - ``bible_mc``: the first half of a verse from those books, and four candidate second halves:
   its own and those of three other verses (``multiple_choice``; acc and acc_norm).
 
@@ -45,8 +45,6 @@ EMBEDDED_VERSION = 1
 # Verses shorter than this have halves too short to tell apart.
 MC_MIN_WORDS = 8
 MC_CHOICES = 4
-
-log = logging.getLogger(__name__)
 
 
 # ============================================================================ task data
@@ -177,12 +175,13 @@ def _first_line(err: BaseException) -> str:
 
 
 @functools.cache
-def _registry_manager(include: tuple[str, ...]):
-    """lm-eval's TaskManager over its own registry (+ ``include``); indexing its ~15k task
-    YAMLs takes seconds, so it is done once per process and only when a registry task is named."""
+def _task_manager(include: tuple[str, ...], registry: bool):
+    """lm-eval's TaskManager over ``include`` dirs, plus its own registry when ``registry``.
+    Indexing the registry's ~15k task YAMLs takes seconds, so a manager is built once per
+    process, and the registry only when a task is not in ``include``."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(include) or None, include_defaults=True)
+    return TaskManager(include_path=list(include) or None, include_defaults=registry)
 
 
 class LMEvalSuite:
@@ -228,7 +227,9 @@ class LMEvalSuite:
             return manager.load([name])
 
     def _load_registry(self, name: str) -> dict:
-        manager = _registry_manager(self.include)
+        manager = _task_manager(self.include, registry=False) if self.include else None
+        if manager is None or name not in manager.all_tasks:
+            manager = _task_manager(self.include, registry=True)
         if name not in manager.all_tasks:
             where = f" nor in {', '.join(self.include)}" if self.include else ""
             raise ValueError(

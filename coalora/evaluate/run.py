@@ -146,9 +146,16 @@ def config_label(mqc: ModelQConfig | None) -> str:
 
 
 def _packages() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     from ..runner import package_versions
 
-    return package_versions()
+    packages = package_versions()
+    try:
+        packages["datasets"] = version("datasets")  # lm-eval reads its task data through it
+    except PackageNotFoundError:
+        pass
+    return packages
 
 
 def make_record(
@@ -429,7 +436,7 @@ def evaluate_from_cli(args) -> None:
     --budget FLOAT         [budget]      the ILP configuration for this budget
     --qconfig FILE         [qconfig]     one configuration JSON
     --qconfigs FILE...     [qconfigs]    many configurations (nargs="+"), one process; each
-                                         result goes to OUT_DIR/<config name or stem>.json
+                                         result goes to OUT_DIR/<qconfig file stem>.json
     --full-precision       [full_precision]  (with --model) the unquantized base
     --out FILE             [out]         result JSON (with --budget / --qconfig / --full-precision)
     --out-dir DIR          [out_dir]     result directory (with --qconfigs)
@@ -479,11 +486,14 @@ def evaluate_from_cli(args) -> None:
     )
     allocation = {"fisher_task": opt("fisher_task"), "max_elements": opt("max_elements")}
     if forms["--qconfigs"]:
-        # Names are known only after loading (a file's own name, else its stem).
-        names = [_qconfig_file_name(p) for p in items]
-        if len(set(names)) != len(names):
-            raise ValueError("two --qconfigs files have the same configuration name")
-        out_paths = [Path(opt("out_dir")) / f"{n}.json" for n in names]
+        # Files are named by the qconfig file's stem (what a workflow expects); the record's
+        # config_name is the configuration's own name, else that stem.
+        stems = [Path(p).stem for p in items]
+        if len(set(stems)) != len(stems):
+            raise ValueError(
+                "two --qconfigs files have the same file name: their results would collide"
+            )
+        out_paths = [Path(opt("out_dir")) / f"{stem}.json" for stem in stems]
     else:
         out_paths = [Path(opt("out"))]
     if checkpoint is not None:
@@ -505,14 +515,6 @@ def evaluate_from_cli(args) -> None:
         )
     for path, record in zip(out_paths, records, strict=True):
         print(summary_line(path, record))
-
-
-def _qconfig_file_name(path) -> str:
-    from ..io import read_json
-
-    data = read_json(path, "configuration file")
-    name = data.get("name") if isinstance(data, dict) else None
-    return name or Path(path).stem
 
 
 def summary_line(path, record: dict) -> str:
