@@ -19,6 +19,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/eval-{{cfg}}.tsv"
     params:
         flags=lambda w: eval_flags(w.exp),
+    threads: lambda w: resources_for(w.exp, "evaluate").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "evaluate").get("mem_mb", 8000),
         runtime=lambda w: resources_for(w.exp, "evaluate").get("runtime", 60),
@@ -53,6 +54,7 @@ for _exp in EXPERIMENTS:
         params:
             flags=eval_flags(_exp),
             out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/{w.method}/eval",
+        threads: resources_for(_exp, "evaluate").get("threads", 1)
         resources:
             mem_mb=resources_for(_exp, "evaluate").get("mem_mb", 8000),
             runtime=resources_for(_exp, "evaluate").get("runtime", 60),
@@ -78,6 +80,7 @@ for _exp in EXPERIMENTS:
             task=exp_conf(_exp)["task"],
             flags=eval_flags(_exp),
             out_dir=f"{RESULTS}/{_exp}/none/eval",
+        threads: resources_for(_exp, "evaluate").get("threads", 1)
         resources:
             mem_mb=resources_for(_exp, "evaluate").get("mem_mb", 8000),
             runtime=resources_for(_exp, "evaluate").get("runtime", 60),

@@ -26,6 +26,7 @@ rule train:
         budgets=lambda w: method_budget_flags(w.exp, w.method),
         settings=lambda w: train_flags(w.exp),
         data=lambda w: data_flags(w.exp),
+    threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
         runtime=lambda w: resources_for(w.exp, "train").get("runtime", 120),
@@ -52,6 +53,7 @@ rule train_per_config:
         steps=lambda w: exp_conf(w.exp)["steps"][w.method],
         settings=lambda w: train_flags(w.exp),
         data=lambda w: data_flags(w.exp),
+    threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
         runtime=lambda w: resources_for(w.exp, "train").get("runtime", 120),
