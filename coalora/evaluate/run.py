@@ -31,6 +31,7 @@ import torch
 
 from ..data import TASKS, TaskData, lm_token_ids, load_task
 from ..quant import ModelQConfig
+from ..train import resolve_device
 from .classification import evaluate_classifier
 from .lm_eval_tasks import EMBEDDED_TASKS, LMEvalSuite
 from .perplexity import DEFAULT_WINDOW, perplexity, window_length
@@ -380,6 +381,7 @@ def evaluate_base(
         model, kind=model_kind(task_data.spec.kind), num_labels=task_data.spec.num_labels, seed=seed
     )
     base_hash = weights_hash(loaded.model)
+    loaded.model.to(resolve_device("auto"))
     qbase = QuantizedBase(loaded.model)
     mqcs = resolve_configs(configs, loaded, qbase, quantizer, allocation)
     measure = TaskMeasure(loaded, task_data, settings, settings.max_length or DEFAULT_MAX_LENGTH)
