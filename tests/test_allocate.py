@@ -102,7 +102,8 @@ def test_cost_table_equals_direct_quantize_dequantize(quantizer):
     for i, target in enumerate(targets):
         weight = weights[target.name]
         direct = torch.tensor(
-            [direct_error(weight, qc, quantizer=quantizer) for qc in ALL_OPTIONS], dtype=torch.float64
+            [direct_error(weight, qc, quantizer=quantizer) for qc in ALL_OPTIONS],
+            dtype=torch.float64,
         )
         exact = torch.tensor(
             [exact_product_error(weight, qc, quantizer) for qc in ALL_OPTIONS], dtype=torch.float64
@@ -116,7 +117,9 @@ def test_cost_table_equals_direct_quantize_dequantize(quantizer):
 def test_costs_fall_as_b_rises_for_fixed_scale_settings():
     weights, targets = matrices((64, 96))
     table = cost_table(weights, targets, progress=False)[0]
-    for b0, d1, B0, B1 in itertools.product((2, 3, 4, 8), ("bf16", "fp16", "fp32"), (16, 32, 64), (16, 64, 256)):
+    for b0, d1, B0, B1 in itertools.product(
+        (2, 3, 4, 8), ("bf16", "fp16", "fp32"), (16, 32, 64), (16, 64, 256)
+    ):
         costs = [table[QuantConfig(b, b0, d1, B0, B1).index] for b in (2, 3, 4, 8)]
         assert costs[0] > costs[1] > costs[2] > costs[3] > 0
 
@@ -256,7 +259,7 @@ def test_fisher_diagonal_is_mean_squared_gradient():
         model.zero_grad()
         model(**batch).loss.backward()
         for t in targets:
-            expected[t.name] += modules[t.name].weight.grad**2 / len(data)
+            expected[t.name] += modules[t.name].weight.grad ** 2 / len(data)
     assert list(fisher) == [t.name for t in targets]
     for t in targets:
         torch.testing.assert_close(fisher[t.name], expected[t.name], rtol=1e-5, atol=1e-12)
@@ -283,7 +286,9 @@ def test_fisher_weighted_table_of_a_model_drives_allocation():
     fisher = fisher_diagonal(model, batches(), targets)
     table = cost_table(base, targets, fisher=fisher, progress=False)
     plain = cost_table(base, targets, progress=False)
-    assert not torch.allclose(table / table.sum(1, keepdim=True), plain / plain.sum(1, keepdim=True))
+    assert not torch.allclose(
+        table / table.sum(1, keepdim=True), plain / plain.sum(1, keepdim=True)
+    )
     mqc = allocate(targets, table, 3.5, model="tiny-llama")
     assert mqc.avg_bits <= 3.5 and mqc.budget == 3.5 and mqc.name == "ilp-3.50"
 
@@ -318,6 +323,13 @@ def test_cache_round_trip_and_mismatches(tmp_path):
         load_cost_table(path, targets, quantizer="int")
     with pytest.raises(ValueError, match="different base weights"):
         load_cost_table(path, targets, weights_hash="0" * 64)
+    with pytest.raises(ValueError, match="is not Fisher-weighted, expected Fisher-weighted"):
+        load_cost_table(path, targets, fisher_weighted=True)
+    with pytest.raises(ValueError, match="max_elements=None, expected 65536"):
+        load_cost_table(path, targets, max_elements=65536)
+    assert load_cost_table(path, targets, fisher_weighted=False, max_elements=None).costs.equal(
+        table
+    )
 
     # A table that is not the one its index describes.
     save_cost_table(tmp_path / "other.safetensors", table * 2, targets)
@@ -384,7 +396,9 @@ def test_pareto_pruning_keeps_exactly_the_undominated_options_and_the_optimum():
             kept = set(pareto_options(row, bits).tolist())
             for j in range(len(row)):
                 dominated = any(
-                    bits[k] <= bits[j] and row[k] <= row[j] and (bits[k] < bits[j] or row[k] < row[j])
+                    bits[k] <= bits[j]
+                    and row[k] <= row[j]
+                    and (bits[k] < bits[j] or row[k] < row[j])
                     for k in range(len(row))
                 )
                 duplicate = any(
@@ -448,6 +462,11 @@ def test_solve_allocation_rejects_bad_tables():
         solve_allocation(np.ones((2, 3)), [1, 1], [2.5, 3.0], 3.0)
     with pytest.raises(ValueError, match="NaN"):
         solve_allocation(np.array([[np.nan, 1.0]]), [1], [2.5, 3.0], 3.0)
+    targets = quantizable_targets(tiny_llama())
+    table = random_table(targets)
+    table[2, 7] = float("nan")
+    with pytest.raises(ValueError, match=rf"cost of '{targets[2].name}' under .* is nan"):
+        allocate(targets, table, 4.0)
 
 
 def test_budget_grid():
@@ -490,10 +509,24 @@ def test_reductions_keep_the_optimum_of_the_full_ilp():
             costs.reshape(-1) / costs.max(),
             integrality=np.ones(n * o),
             bounds=Bounds(0, 1),
-            constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(weight, -np.inf, budget)],
+            constraints=[
+                LinearConstraint(one_each, 1, 1),
+                LinearConstraint(weight, -np.inf, budget),
+            ],
             options={"mip_rel_gap": 1e-9},
         )
         assert reference.status == 0
         choice = solve_allocation(costs, numels.astype(int), BITS, budget)
         got = costs[np.arange(n), choice].sum()
         assert got <= reference.fun * costs.max() * (1 + 1e-6)
+
+
+def test_ragged_pareto_fronts():
+    # Matrix 0 has a single useful option (it dominates the others); matrix 1 has three.
+    costs = np.array([[1.0, 2.0, 3.0], [5.0, 3.0, 1.0], [4.0, 2.0, 2.0]])
+    bits = np.array([3.0, 4.0, 5.0])
+    for budget in (3.0, 3.5, 3.7, 4.0, 5.0):
+        choice = solve_allocation(costs, [10, 10, 10], bits, budget)
+        best = exhaustive(costs, [10, 10, 10], bits, budget)
+        assert choice[0] == 0
+        assert sum(costs[i, j] for i, j in enumerate(choice)) == pytest.approx(best)

@@ -7,21 +7,25 @@ For a budget ``beta`` (average bits per parameter) choose one option ``j`` per m
          sum_ij numel_i bits_j x_ij <= beta sum_i numel_i    (the budget)
          x binary
 
-solved with ``scipy.optimize.milp`` (HiGHS) to a relative gap of 1e-6 (the absolute gap is
-set to 0, so the guarantee is relative even for tiny costs). Two exact reductions come first:
+solved with ``scipy.optimize.milp`` (HiGHS) to a relative gap of 1e-6 on the total cost (the
+absolute gap is set to 0, so the guarantee is relative even for tiny costs). Exact reductions
+come first, because costs spanning many orders of magnitude (2-bit versus 8-bit errors) with
+many near-ties make the full 90,720-variable problem slow for HiGHS:
 
 1. every option that another option of the same matrix dominates (no more bits and no more
    cost, one of the two strictly less) is dropped: swapping it for its dominator never hurts,
-   so the optimum is unchanged, and the 432 options shrink to their Pareto front (~90 on
-   SmolLM2);
-2. every option whose Lagrangian lower bound exceeds the cost of a known feasible solution
-   is dropped (``_lagrangian_bounds``): it cannot be in an optimal solution. This typically
-   removes most of what is left and keeps HiGHS fast when the costs span many orders of
-   magnitude (2-bit versus 8-bit errors).
+   so the optimum is unchanged, and the 432 options shrink to their Pareto front (~90 per
+   matrix on SmolLM2);
+2. the Lagrangian relaxation of the budget gives a lower bound and reduced costs
+   (``_lagrangian_bounds``); the ILP restricted to each matrix's 3 options of least reduced
+   cost (a small "core" problem) gives a near-optimal feasible solution;
+3. every option whose Lagrangian lower bound exceeds that solution's cost cannot be in an
+   optimal solution and is dropped; HiGHS solves what is left (a few hundred to a few
+   thousand variables).
 
 The solution is checked against the budget with the same arithmetic as
-``ModelQConfig.avg_bits``; a solution that meets it only within HiGHS' feasibility tolerance
-is solved again with a slightly tighter limit.
+``ModelQConfig.avg_bits``; one that meets it only within HiGHS' feasibility tolerance is
+solved again with a slightly tighter limit.
 """
 
 from __future__ import annotations
@@ -40,8 +44,7 @@ from .model_config import ModelQConfig
 from .targets import QuantTarget
 
 MIP_REL_GAP = 1e-6
-_EXTRA = {}
-_CORE = 6  # options per matrix in the core problem that gives the first feasible solution
+_CORE = 3  # options per matrix in the core problem that gives the first feasible solution
 
 
 def pareto_options(costs: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -150,14 +153,17 @@ def solve_allocation(
             "(matrices x options)"
         )
     if not np.isfinite(costs).all():
-        raise ValueError("costs contain NaN or infinite values")
+        i, j = np.argwhere(~np.isfinite(costs))[0]
+        raise ValueError(
+            f"costs contain NaN or infinite values, e.g. costs[{i}, {j}] = {costs[i, j]}"
+        )
     if min(numels, default=0) < 1:
         raise ValueError("every matrix needs a positive number of elements")
     check_budget(budget, numels, option_bits)
 
-    # 1. Pareto fronts, as a padded [N, K] problem. Subtracting each matrix's cheapest cost
-    #    shifts the objective by a constant, and makes HiGHS' relative gap a statement about
-    #    the cost that the budget forces rather than about the unavoidable part.
+    # 1. Pareto fronts, as a padded [N, K] problem (padding: infinite cost). Costs are kept
+    #    relative to each matrix's cheapest option (a constant shift of the objective) for
+    #    the bounds below; HiGHS gets the full costs back.
     kept = [pareto_options(row, option_bits) for row in costs]
     width = max(len(k) for k in kept)
     option = np.zeros((len(kept), width), dtype=np.int64)
@@ -171,7 +177,7 @@ def solve_allocation(
 
     # 2. Bounds from the Lagrangian relaxation, and a good feasible solution: the exact ILP
     #    restricted to a "core" of each matrix's few options nearest the Lagrangian optimum
-    #    (smallest reduced cost), which HiGHS solves in a blink.
+    #    (smallest reduced cost), which HiGHS solves quickly.
     rows = np.arange(len(cost))
     lam, lower, best = _lagrangian_bounds(cost, weight, budget, numels, bits)
     upper = float(cost[rows, best].sum())
@@ -179,7 +185,8 @@ def solve_allocation(
         return [int(option[i, j]) for i, j in enumerate(best)]
     reduced = cost + lam * weight
     reduced -= reduced.min(axis=1, keepdims=True)
-    core = reduced <= np.sort(reduced, axis=1)[:, min(_CORE, width) - 1 : min(_CORE, width)]
+    nearest = np.sort(reduced, axis=1)[:, min(_CORE, width) - 1 : min(_CORE, width)]
+    core = (reduced <= nearest) & np.isfinite(cost)  # (padding has infinite cost)
     core[rows, best] = True
     floor = costs.min(axis=1)
     found = _solve_subset(core, cost, weight, floor, budget, numels, bits, mip_rel_gap)
@@ -192,7 +199,9 @@ def solve_allocation(
     useful = lower + reduced <= upper * (1 + 1e-9)  # a hair of slack for rounding
     useful[rows, best] = True
     if (useful & ~core).any():
-        best = _solve_subset(useful, cost, weight, floor, budget, numels, bits, mip_rel_gap)
+        found = _solve_subset(useful, cost, weight, floor, budget, numels, bits, mip_rel_gap)
+        if cost[rows, found].sum() < upper:  # (within the gap HiGHS may stop above the core's)
+            best = found
     return [int(option[i, j]) for i, j in enumerate(best)]
 
 
@@ -200,7 +209,7 @@ def _solve_subset(allowed, cost, weight, floor, budget, numels, bits, mip_rel_ga
     """The ILP over the ``allowed`` [N, K] options with HiGHS; the column chosen per row."""
     row_of, col_of = np.nonzero(allowed)
     # HiGHS sees the full costs (its relative gap is then relative to the total error, the
-    # ILP's objective as stated), scaled to a total of order one.
+    # ILP's objective as stated), scaled so that the dearest option costs 1.
     full = cost[row_of, col_of] + floor[row_of]
     c = full / max(float(full.max()), 1e-300)
     w = weight[row_of, col_of]
@@ -220,7 +229,7 @@ def _solve_subset(allowed, cost, weight, floor, budget, numels, bits, mip_rel_ga
                     LinearConstraint(one_each, 1, 1),
                     LinearConstraint(w[None, :], -np.inf, float(budget) - margin),
                 ],
-                options={"mip_rel_gap": mip_rel_gap, "mip_abs_gap": 0.0, **_EXTRA},
+                options={"mip_rel_gap": mip_rel_gap, "mip_abs_gap": 0.0},
             )
         if result.status != 0 or result.x is None:
             raise RuntimeError(
@@ -256,6 +265,13 @@ def allocate(
     if costs.shape != (len(targets), len(ALL_OPTIONS)):
         raise ValueError(
             f"cost table has shape {costs.shape}, expected ({len(targets)}, {len(ALL_OPTIONS)})"
+        )
+    bad = np.argwhere(~np.isfinite(costs))
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(
+            f"cost of {targets[i].name!r} under {ALL_OPTIONS[j]} is {costs[i, j]} "
+            f"({len(bad)} non-finite entries, e.g. from an fp16 second-level scale above 65504)"
         )
     option_bits = [qc.bits for qc in ALL_OPTIONS]
     choice = solve_allocation(costs, [t.numel for t in targets], option_bits, budget)

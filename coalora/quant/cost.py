@@ -167,9 +167,17 @@ def sampled_chunks(name: str, numel: int, max_elements: int | None) -> np.ndarra
     return np.sort(rng.choice(total, size=count, replace=False))
 
 
+def _real_in_sample(numel: int, chunks: np.ndarray) -> int:
+    """Weights of the sampled chunks that are not padding (only the last chunk pads)."""
+    total = math.ceil(numel / CHUNK)
+    return len(chunks) * CHUNK - (total * CHUNK - numel) * int(chunks[-1] == total - 1)
+
+
 def _check_inputs(base_weights, targets, fisher, quantizer, max_elements) -> None:
     if quantizer not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer {quantizer!r}; allowed values: {', '.join(QUANTIZERS)}")
+        raise ValueError(
+            f"unknown quantizer {quantizer!r}; allowed values: {', '.join(QUANTIZERS)}"
+        )
     if max_elements is not None and (
         isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1
     ):
@@ -261,8 +269,7 @@ def _matrix_costs(
         if not (f_all >= 0).all():
             raise ValueError(f"Fisher of {name!r} has negative or NaN values")
         f_all = f_all.reshape(total_chunks, CHUNK)[chunks].reshape(-1)
-    # Weights of the sample that are not padding (padding only ever ends the sample).
-    real_in_sample = len(x_all) - (len(padded) - numel) * int(chunks[-1] == total_chunks - 1)
+    real_in_sample = _real_in_sample(numel, chunks)  # padding only ever ends the sample
 
     costs = np.zeros(NUM_OPTIONS)
     group = _GROUP_CHUNKS * CHUNK
@@ -322,7 +329,7 @@ def cost_table(
     _check_inputs(base_weights, targets, fisher, quantizer, max_elements)
     grid = _cell_grid(quantizer)
     plan = [sampled_chunks(t.name, t.numel, max_elements) for t in targets]
-    evaluated = sum(min(len(c) * CHUNK, t.numel) for c, t in zip(plan, targets, strict=True))
+    evaluated = sum(_real_in_sample(t.numel, c) for c, t in zip(plan, targets, strict=True))
     table = np.zeros((len(targets), NUM_OPTIONS))
     with tqdm(
         total=evaluated,
@@ -469,12 +476,15 @@ def load_cost_table(
     *,
     quantizer: str | None = None,
     weights_hash: str | None = None,
+    fisher_weighted: bool | None = None,
+    max_elements: int | None | str = "any",
 ) -> CostTable:
     """Read a table written by ``save_cost_table`` and check it fits ``targets``.
 
-    Any mismatch (module names or shapes, option space, quantizer or weights hash when
-    given, a table that does not match its index, a corrupt file) is a one-line error
-    naming the file.
+    Any mismatch (module names or shapes, option space, a table that does not match its
+    index, a corrupt file, and, when given, the quantizer, weights hash, Fisher weighting or
+    ``max_elements``; ``"any"`` accepts every ``max_elements``) is a one-line error naming
+    the file.
     """
     path = Path(path)
     index_file = index_path(path)
@@ -512,6 +522,16 @@ def load_cost_table(
         )
     if weights_hash is not None and meta.get("weights_hash") != weights_hash:
         raise ValueError(f"cost table {path} was computed from different base weights")
+    if fisher_weighted is not None and bool(meta.get("fisher_weighted")) != fisher_weighted:
+        raise ValueError(
+            f"cost table {path} is {'' if meta.get('fisher_weighted') else 'not '}"
+            f"Fisher-weighted, expected {'' if fisher_weighted else 'not '}Fisher-weighted"
+        )
+    if max_elements != "any" and meta.get("max_elements") != max_elements:
+        raise ValueError(
+            f"cost table {path} has max_elements={meta.get('max_elements')}, "
+            f"expected {max_elements}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"cost table not found: {path}")
     try:
