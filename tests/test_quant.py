@@ -337,3 +337,26 @@ def test_quantized_base_switches_without_reloading():
     base.restore()
     assert torch.equal(model(input_ids=x).logits, full)
     assert not math.isclose(float((logits_a - full).abs().max().detach()), 0.0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_comparison_encoding_equals_bucketize(bits):
+    from coalora.quant.blockwise import encode_blocks
+    from coalora.quant.codebooks import midpoints
+
+    levels = codebook(bits)
+    bounds = midpoints(levels)
+    # Values exactly on midpoints, their neighbouring floats, out of range, and random.
+    edge = torch.cat([bounds, torch.nextafter(bounds, torch.tensor(2.0)),
+                      torch.nextafter(bounds, torch.tensor(-2.0)), torch.tensor([-3.0, 3.0, 0.0])])  # fmt: skip
+    values = torch.cat([edge, torch.randn(2000, generator=torch.Generator().manual_seed(0))])
+    blocks = values.view(1, 1, -1)
+    codes = encode_blocks(blocks, torch.ones(1, 1), levels)
+    assert torch.equal(codes.long(), torch.bucketize(blocks, bounds))
+
+
+def test_fp16_second_level_scale_does_not_overflow():
+    weight = _weight(16, 64)
+    weight[0, :16] = 1e5
+    deq = quantize_dequantize(weight, QuantConfig(4, 8, "fp16", 16, 16))
+    assert torch.isfinite(deq).all()

@@ -70,7 +70,10 @@ def double_quantize_scales(
     """Quantize first-level scales ``[G, B1]`` -> (b0-bit codes, second-level scales, offset)."""
     offset = scales.reshape(-1)[:real_blocks].min()
     shifted = (scales - offset).clamp_min(0)  # padding-only blocks (s = 0) clamp to 0
-    second = shifted.amax(dim=-1, keepdim=True).to(SCALE_DTYPES[qc.d1])
+    dtype = SCALE_DTYPES[qc.d1]
+    # fp16 overflows at 65504: clamp rather than store inf (the few scales above it then
+    # saturate at the largest code instead of turning the whole group into NaN).
+    second = shifted.amax(dim=-1, keepdim=True).clamp_max(torch.finfo(dtype).max).to(dtype)
     second_f = second.to(torch.float32)
     qmax = 2**qc.b0 - 1
     # A group whose scales all equal the offset has m = 0: every code is 0 and s^ = o.
@@ -84,10 +87,21 @@ def dequantize_scales(codes, second, offset, b0: int) -> torch.Tensor:
 
 
 def encode_blocks(blocks: torch.Tensor, scales_hat: torch.Tensor, levels: torch.Tensor):
-    """Nearest-level codes of ``blocks / s^`` (a zero scale codes every weight as level 0)."""
+    """Nearest-level codes of ``blocks / s^`` (a zero scale codes every weight as level 0).
+
+    The code is the number of midpoints strictly below the value (``torch.bucketize``'s
+    rule, ties to the lower level). For up to 16 levels, counting comparisons is about twice
+    as fast as bucketize's binary search on CPU, and gives the same codes.
+    """
     safe = torch.where(scales_hat > 0, scales_hat, 1.0).unsqueeze(-1)
     normalized = torch.where(scales_hat.unsqueeze(-1) > 0, blocks / safe, 0.0)
-    return torch.bucketize(normalized, midpoints(levels))
+    bounds = midpoints(levels)
+    if len(bounds) > 15:
+        return torch.bucketize(normalized, bounds)
+    codes = torch.zeros(normalized.shape, dtype=torch.uint8, device=normalized.device)
+    for bound in bounds.tolist():
+        codes += normalized > bound
+    return codes
 
 
 def quantize(weight: torch.Tensor, qc: QuantConfig, quantizer: str = "nf") -> QuantizedTensor:
@@ -113,7 +127,8 @@ def quantize(weight: torch.Tensor, qc: QuantConfig, quantizer: str = "nf") -> Qu
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     qc = qt.qconfig
     levels = codebook(qc.b, qt.quantizer).to(qt.codes.device)
-    values = levels[qt.codes.long()].view(-1, qc.B1, qc.B0) * qt.scales().unsqueeze(-1)
+    values = torch.index_select(levels, 0, qt.codes.long()).view(-1, qc.B1, qc.B0)
+    values = values * qt.scales().unsqueeze(-1)
     numel = 1
     for d in qt.shape:
         numel *= d
