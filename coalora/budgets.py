@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 FISHER_BATCHES = 8
 
 
-def cost_cache_path(model_name: str, qbase: QuantizedBase, quantizer: str, fisher_task, max_elements):
+def cost_cache_path(
+    model_name: str, qbase: QuantizedBase, quantizer: str, fisher_task, max_elements
+):
     from .models import cache_root
 
     key = f"{hash_weights(qbase.base_weights, qbase.targets)}|{quantizer}|{fisher_task}|{max_elements}"
@@ -47,8 +49,10 @@ def costs_for(
     A given ``path`` that exists is trusted only if it fits the model (checked on load)."""
     if path is not None and Path(path).exists():
         return load_cost_table(path, qbase.targets, quantizer=quantizer).costs
-    path = Path(path) if path is not None else cost_cache_path(
-        loaded.name, qbase, quantizer, fisher_task, max_elements
+    path = (
+        Path(path)
+        if path is not None
+        else cost_cache_path(loaded.name, qbase, quantizer, fisher_task, max_elements)
     )
     if cache and path.exists():
         try:
@@ -78,7 +82,9 @@ def _fisher(loaded, qbase: QuantizedBase, task_name: str, seed: int) -> dict:
     task = load_task(task_name, max_train=FISHER_BATCHES * 8)
     batches = make_batches(task, loaded.tokenizer, "train", 4, 128, seed=seed)
     qbase.restore()  # the Fisher of the full-precision model
-    return fisher_diagonal(loaded.model, [batches.batch(k) for k in range(FISHER_BATCHES)], qbase.targets)
+    return fisher_diagonal(
+        loaded.model, [batches.batch(k) for k in range(FISHER_BATCHES)], qbase.targets
+    )
 
 
 def _load_for_quantization(name: str, fisher_task: str | None, seed: int):
@@ -137,7 +143,9 @@ def configs_for_budgets(
     else:
         loaded = model
     qbase = qbase or QuantizedBase(loaded.model)
-    costs = costs_for(loaded, qbase, quantizer, fisher_task, max_elements, seed, path=cost_table_path)
+    costs = costs_for(
+        loaded, qbase, quantizer, fisher_task, max_elements, seed, path=cost_table_path
+    )
     names = names or [f"ilp-{budget_label(b)}" for b in budgets]
     return [
         allocate(qbase.targets, costs, b, quantizer=quantizer, model=loaded.name, name=name)
@@ -147,4 +155,3 @@ def configs_for_budgets(
 
 def budget_label(budget: float) -> str:
     return f"{budget:.3f}".rstrip("0").rstrip(".")
-

@@ -35,7 +35,9 @@ def _cmd_prepare(args) -> None:
     from .runner import prepare
 
     info = prepare(args.model, args.task, args.out, seed=args.seed)
-    print(f"wrote {args.out}: {info['num_targets']} quantizable matrices, splits {info['task_sizes']}")
+    print(
+        f"wrote {args.out}: {info['num_targets']} quantizable matrices, splits {info['task_sizes']}"
+    )
 
 
 def _cmd_cost_table(args) -> None:
@@ -47,7 +49,12 @@ def _cmd_cost_table(args) -> None:
     loaded = _load_for_quantization(args.model, args.fisher_task, args.seed)
     qbase = QuantizedBase(loaded.model)
     costs = costs_for(
-        loaded, qbase, args.quantizer, args.fisher_task, args.max_elements, args.seed,
+        loaded,
+        qbase,
+        args.quantizer,
+        args.fisher_task,
+        args.max_elements,
+        args.seed,
         path=args.out,
     )
     print(f"wrote {args.out}: {tuple(costs.shape)} costs")

@@ -71,7 +71,9 @@ class Method:
     def setup(self) -> dict:
         """Add the trainable parts to ``self.model``; return the LoRA wrappers."""
         s = self.settings
-        return inject_lora(self.model, self.targets, r=s.r, alpha=s.alpha, dropout=s.dropout, seed=s.seed)
+        return inject_lora(
+            self.model, self.targets, r=s.r, alpha=s.alpha, dropout=s.dropout, seed=s.seed
+        )
 
     @property
     def mapper(self) -> ConfigAwareMapper | None:
@@ -102,7 +104,9 @@ class Method:
         return {"train_configs": [m.to_dict() for m in self.train_configs]}
 
     def load_extra_state(self, state: dict) -> None:
-        self.train_configs = [ModelQConfig.from_dict(d, self.targets) for d in state["train_configs"]]
+        self.train_configs = [
+            ModelQConfig.from_dict(d, self.targets) for d in state["train_configs"]
+        ]
 
     # --- shared behaviour ---------------------------------------------------------------
     @torch.no_grad()
@@ -116,7 +120,14 @@ class Method:
     def export(self, mqc: ModelQConfig, out_dir: str | Path, base_model: str) -> Path:
         task_type = "SEQ_CLS" if self.loaded.kind == "classification" else "CAUSAL_LM"
         return export_peft_adapter(
-            self.model, self.wrappers, self.mapper, mqc, self.targets, out_dir, base_model, task_type
+            self.model,
+            self.wrappers,
+            self.mapper,
+            mqc,
+            self.targets,
+            out_dir,
+            base_model,
+            task_type,
         )
 
 
@@ -170,7 +181,14 @@ class CoALoRAMethod(Method):
                 model = self.prepare_eval(mqc)
                 device = next(model.parameters()).device
                 losses.append(
-                    float(np.mean([model(**{k: v.to(device) for k, v in b.items()}).loss.item() for b in held_out]))
+                    float(
+                        np.mean(
+                            [
+                                model(**{k: v.to(device) for k, v in b.items()}).loss.item()
+                                for b in held_out
+                            ]
+                        )
+                    )
                 )
             return losses
 

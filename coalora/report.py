@@ -101,6 +101,7 @@ def summary_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> p
 
 def to_markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A GitHub Markdown rendering (no extra dependency)."""
+
     def cell(value) -> str:
         if isinstance(value, float):
             return "" if np.isnan(value) else format(value, floatfmt)
@@ -132,7 +133,9 @@ def pareto_figure(results: pd.DataFrame, title: str = ""):
         unseen = m["seen"].eq(False)
         ax.scatter(m.loc[~unseen, "avg_bits"], m.loc[~unseen, "value"], color=line.get_color())
         ax.scatter(
-            m.loc[unseen, "avg_bits"], m.loc[unseen, "value"], facecolors="none",
+            m.loc[unseen, "avg_bits"],
+            m.loc[unseen, "value"],
+            facecolors="none",
             edgecolors=line.get_color(),
         )
     metric = df["primary_metric"].iloc[0]

@@ -20,7 +20,14 @@ from .budgets import configs_for_budgets
 from .io import read_json
 from .methods import get_method
 from .quant import ModelQConfig, QuantizedBase
-from .train import TrainSettings, clear_resume, load_checkpoint, resolve_device, save_checkpoint, train
+from .train import (
+    TrainSettings,
+    clear_resume,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def parse_settings(settings_file: str | None, overrides: list[str], steps: int | None) -> TrainSettings:
+def parse_settings(
+    settings_file: str | None, overrides: list[str], steps: int | None
+) -> TrainSettings:
     data = {}
     if settings_file:
         data.update(read_json(settings_file, "training settings file"))
@@ -62,8 +71,18 @@ def parse_settings(settings_file: str | None, overrides: list[str], steps: int |
 
 
 def training_configs(
-    method_cls, loaded, qbase, *, budget=None, qconfig=None, budgets=None, quantizer="nf",
-    fisher_task=None, max_elements=None, seed=0, cost_table=None,
+    method_cls,
+    loaded,
+    qbase,
+    *,
+    budget=None,
+    qconfig=None,
+    budgets=None,
+    quantizer="nf",
+    fisher_task=None,
+    max_elements=None,
+    seed=0,
+    cost_table=None,
 ) -> list[ModelQConfig]:
     """The method's training set: a given configuration, one budget, or a budget grid."""
     if qconfig is not None:
@@ -71,15 +90,23 @@ def training_configs(
         return [mqc]
     if method_cls.per_config:
         if budget is None:
-            raise ValueError(f"method {method_cls.name!r} trains per configuration: give --budget or --qconfig")
+            raise ValueError(
+                f"method {method_cls.name!r} trains per configuration: give --budget or --qconfig"
+            )
         budgets = [budget]
     elif budgets is None:
         budgets = list(method_cls.default_budgets)
     if not budgets:
         raise ValueError(f"method {method_cls.name!r} needs budgets for its training set")
     configs = configs_for_budgets(
-        loaded, budgets, quantizer=quantizer, fisher_task=fisher_task,
-        max_elements=max_elements, seed=seed, qbase=qbase, cost_table_path=cost_table,
+        loaded,
+        budgets,
+        quantizer=quantizer,
+        fisher_task=fisher_task,
+        max_elements=max_elements,
+        seed=seed,
+        qbase=qbase,
+        cost_table_path=cost_table,
     )
     unique, seen = [], set()
     for mqc in configs:  # neighbouring budgets can give the same ILP solution
@@ -90,9 +117,22 @@ def training_configs(
 
 
 def run_training(
-    *, model: str, task: str, method: str, settings: TrainSettings, out: str | Path,
-    budget=None, qconfig=None, budgets=None, quantizer="nf", fisher_task=None,
-    max_elements=None, max_train=None, progress=True, stop_after=None, cost_table=None,
+    *,
+    model: str,
+    task: str,
+    method: str,
+    settings: TrainSettings,
+    out: str | Path,
+    budget=None,
+    qconfig=None,
+    budgets=None,
+    quantizer="nf",
+    fisher_task=None,
+    max_elements=None,
+    max_train=None,
+    progress=True,
+    stop_after=None,
+    cost_table=None,
 ) -> Path | None:
     """Train ``method`` and write the checkpoint directory ``out`` (atomically).
 
@@ -110,19 +150,40 @@ def run_training(
     loaded.model.to(resolve_device(settings.device))
     qbase = QuantizedBase(loaded.model)
     train_configs = training_configs(
-        method_cls, loaded, qbase, budget=budget, qconfig=qconfig, budgets=budgets,
-        quantizer=quantizer, fisher_task=fisher_task, max_elements=max_elements, seed=settings.seed,
+        method_cls,
+        loaded,
+        qbase,
+        budget=budget,
+        qconfig=qconfig,
+        budgets=budgets,
+        quantizer=quantizer,
+        fisher_task=fisher_task,
+        max_elements=max_elements,
+        seed=settings.seed,
         cost_table=cost_table,
     )
     runner = method_cls(loaded, qbase, settings, train_configs)
     batches = make_batches(
-        task_data, loaded.tokenizer, "train", settings.batch_size, settings.max_length, seed=settings.seed
+        task_data,
+        loaded.tokenizer,
+        "train",
+        settings.batch_size,
+        settings.max_length,
+        seed=settings.seed,
     )
-    if hasattr(runner, "attach_search") and settings.epoch_steps and settings.search_mode != "frozen":
-        held_out = make_batches(task_data, loaded.tokenizer, "validation", settings.batch_size, settings.max_length)
+    if (
+        hasattr(runner, "attach_search")
+        and settings.epoch_steps
+        and settings.search_mode != "frozen"
+    ):
+        held_out = make_batches(
+            task_data, loaded.tokenizer, "validation", settings.batch_size, settings.max_length
+        )
         runner.attach_search([held_out.batch(k) for k in range(settings.search_eval_batches)])
     started = time.time()
-    result = train(runner, batches.batch, settings, out=out, progress=progress, stop_after=stop_after)
+    result = train(
+        runner, batches.batch, settings, out=out, progress=progress, stop_after=stop_after
+    )
     if result.steps < settings.steps:
         return None
     manifest = {
@@ -160,7 +221,10 @@ def load_trained(checkpoint: str | Path):
     manifest, weights = load_checkpoint(checkpoint)
     settings = TrainSettings.from_dict(manifest["settings"])
     loaded = load_model(
-        manifest["model"], kind=manifest["kind"], num_labels=manifest.get("num_labels"), seed=settings.seed
+        manifest["model"],
+        kind=manifest["kind"],
+        num_labels=manifest.get("num_labels"),
+        seed=settings.seed,
     )
     if weights_hash(loaded.model) != manifest.get("base_weights_hash"):
         raise ValueError(
@@ -186,9 +250,18 @@ def train_from_cli(args) -> None:
     settings = parse_settings(args.settings, args.set, args.steps)
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
     out = run_training(
-        model=args.model, task=args.task, method=args.method, settings=settings, out=args.out,
-        budget=args.budget, qconfig=args.qconfig, budgets=budgets, quantizer=args.quantizer,
-        fisher_task=args.fisher_task, max_elements=args.max_elements, max_train=args.max_train,
+        model=args.model,
+        task=args.task,
+        method=args.method,
+        settings=settings,
+        out=args.out,
+        budget=args.budget,
+        qconfig=args.qconfig,
+        budgets=budgets,
+        quantizer=args.quantizer,
+        fisher_task=args.fisher_task,
+        max_elements=args.max_elements,
+        max_train=args.max_train,
         cost_table=args.cost_table,
     )
     manifest = read_json(Path(out) / "manifest.json")
@@ -205,13 +278,19 @@ def adapt_from_cli(args) -> None:
         mqc = ModelQConfig.load(args.qconfig, method.targets)
     else:
         [mqc] = configs_for_budgets(
-            method.loaded, [args.budget], quantizer=manifest.get("quantizer", "nf"),
-            fisher_task=args.fisher_task, max_elements=args.max_elements, qbase=method.qbase,
+            method.loaded,
+            [args.budget],
+            quantizer=manifest.get("quantizer", "nf"),
+            fisher_task=args.fisher_task,
+            max_elements=args.max_elements,
+            qbase=method.qbase,
             cost_table_path=args.cost_table,
         )
     method.prepare_eval(mqc)
     method.export(mqc, args.out, manifest["model"])
-    print(f"wrote {args.out}: adapter for avg_bits {mqc.avg_bits:.4f} in {time.perf_counter() - started:.1f} s")
+    print(
+        f"wrote {args.out}: adapter for avg_bits {mqc.avg_bits:.4f} in {time.perf_counter() - started:.1f} s"
+    )
 
 
 def prepare(model: str, task: str, out: str | Path, seed: int = 0) -> dict:

@@ -72,7 +72,9 @@ class TrainSettings:
     def __post_init__(self):
         for name in ("steps", "batch_size", "max_length", "configs_per_step", "r"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"training setting {name!r} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"training setting {name!r} must be >= 1, got {getattr(self, name)}"
+                )
         if not self.lr > 0:
             raise ValueError(f"training setting 'lr' must be > 0, got {self.lr}")
         if self.search_mode not in ("full", "frozen", "random"):
@@ -80,7 +82,9 @@ class TrainSettings:
                 f"training setting 'search_mode' must be full, frozen or random, got {self.search_mode!r}"
             )
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"training setting 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+            raise ValueError(
+                f"training setting 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainSettings:
@@ -229,7 +233,9 @@ def _load_resume(resume: Path, method, optimizer, scheduler, settings: TrainSett
             f"resume state {resume} is corrupt ({type(err).__name__}: {err}); delete it to start over"
         ) from None
     if result.steps > settings.steps:
-        raise ValueError(f"resume state {resume} is past the step budget ({result.steps} > {settings.steps})")
+        raise ValueError(
+            f"resume state {resume} is past the step budget ({result.steps} > {settings.steps})"
+        )
     return result.steps, result
 
 
@@ -243,7 +249,9 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 
 
-def save_checkpoint(out: str | Path, trainable: dict, manifest: dict, extra_files: dict | None = None):
+def save_checkpoint(
+    out: str | Path, trainable: dict, manifest: dict, extra_files: dict | None = None
+):
     """Write ``out/`` atomically: weights (safetensors) + manifest (JSON) + extra JSON files."""
     from .io import atomic_dir
 

@@ -66,7 +66,10 @@ def test_training_with_search_grows_the_training_set(coa_checkpoint):
 
 def test_adapt_exports_an_adapter_equal_to_the_coa_forward(coa_checkpoint, tmp_path):
     out = tmp_path / "adapter"
-    assert main(["adapt", "--checkpoint", str(coa_checkpoint), "--budget", "2.75", "--out", str(out)]) == 0
+    assert (
+        main(["adapt", "--checkpoint", str(coa_checkpoint), "--budget", "2.75", "--out", str(out)])
+        == 0
+    )
     mqc_data = json.loads((out / "qconfig.json").read_text())
     assert mqc_data["avg_bits"] <= 2.75
     method, _ = load_trained(coa_checkpoint)
@@ -83,7 +86,9 @@ def test_adapt_rejects_a_configuration_of_another_model(coa_checkpoint, tmp_path
     qconfig = tmp_path / "bert.json"
     assert main(["allocate", "--model", "tiny-bert", "--budget", "3", "--out", str(qconfig)]) == 0
     out = tmp_path / "adapter"
-    code = main(["adapt", "--checkpoint", str(coa_checkpoint), "--qconfig", str(qconfig), "--out", str(out)])
+    code = main(
+        ["adapt", "--checkpoint", str(coa_checkpoint), "--qconfig", str(qconfig), "--out", str(out)]
+    )
     assert code == 2 and "does not fit the model" in capsys.readouterr().err
     assert not out.exists()
 
@@ -94,20 +99,40 @@ def test_corrupt_checkpoint_is_one_line(coa_checkpoint, tmp_path, capsys):
     for name in ("manifest.json", "train_configs.json"):
         (broken / name).write_bytes((coa_checkpoint / name).read_bytes())
     (broken / "weights.safetensors").write_bytes(b"\x00" * 64)
-    code = main(["adapt", "--checkpoint", str(broken), "--budget", "3", "--out", str(tmp_path / "a")])
+    code = main(
+        ["adapt", "--checkpoint", str(broken), "--budget", "3", "--out", str(tmp_path / "a")]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "unreadable" in err and "\n" not in err
     assert not (tmp_path / "a").exists()
 
 
 def test_per_configuration_method_needs_a_configuration(tmp_path, capsys):
-    code = main(["train", *TRAIN, "--method", "qlora", "--steps", "2", "--out", str(tmp_path / "c")])
+    code = main(
+        ["train", *TRAIN, "--method", "qlora", "--steps", "2", "--out", str(tmp_path / "c")]
+    )
     assert code == 2 and "give --budget or --qconfig" in capsys.readouterr().err
 
 
 def test_qlora_trains_per_budget(tmp_path):
     out = tmp_path / "q"
-    assert main(["train", *TRAIN, "--method", "qlora", "--steps", "6", "--budget", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TRAIN,
+                "--method",
+                "qlora",
+                "--steps",
+                "6",
+                "--budget",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_train_configs"] == 1 and manifest["train_avg_bits"][0] <= 3
     method, _ = load_trained(out)

@@ -249,7 +249,9 @@ def test_unsupported_model_is_a_clear_error():
 
 def random_model_config(targets, seed=0):
     rng = np.random.default_rng(seed)
-    return ModelQConfig.from_list(targets, [ALL_OPTIONS[i] for i in rng.integers(0, 432, len(targets))])
+    return ModelQConfig.from_list(
+        targets, [ALL_OPTIONS[i] for i in rng.integers(0, 432, len(targets))]
+    )
 
 
 def test_avg_bits_is_numel_weighted():

@@ -37,7 +37,9 @@ def build(model_name, task_name, method="coalora", seed=0, **overrides):
     qbase = QuantizedBase(loaded.model)
     configs = random_configs(qbase.targets, 3, seed)
     runner = get_method(method)(loaded, qbase, settings, configs)
-    batches = make_batches(task, loaded.tokenizer, "train", settings.batch_size, settings.max_length, seed)
+    batches = make_batches(
+        task, loaded.tokenizer, "train", settings.batch_size, settings.max_length, seed
+    )
     held_out = make_batches(task, loaded.tokenizer, "train", 8, settings.max_length)
     return runner, batches, held_out, settings
 
@@ -97,7 +99,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     full_state = runner.trainable_state()
 
     runner, batches, _, settings = build("tiny-bert", "bible-testament", steps=10, save_every=3)
-    partial = train(runner, batches.batch, settings, out=tmp_path / "b", progress=False, stop_after=7)
+    partial = train(
+        runner, batches.batch, settings, out=tmp_path / "b", progress=False, stop_after=7
+    )
     assert partial.steps == 7 and (tmp_path / "b.resume" / "state.pt").exists()
     # A fresh process: new model, new method, resumed from disk.
     runner, batches, _, settings = build("tiny-bert", "bible-testament", steps=10, save_every=3)
@@ -137,7 +141,9 @@ def test_qlora_is_per_configuration():
     loaded = load_model("tiny-llama")
     qbase = QuantizedBase(loaded.model)
     with pytest.raises(ValueError, match="one configuration per run"):
-        get_method("qlora")(loaded, qbase, TrainSettings(**SETTINGS), random_configs(qbase.targets, 2, 0))
+        get_method("qlora")(
+            loaded, qbase, TrainSettings(**SETTINGS), random_configs(qbase.targets, 2, 0)
+        )
     del task
 
 

@@ -19,7 +19,9 @@ def snakemake(workdir, *args, check=True):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=ENV, cwd=workdir)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -59,7 +61,9 @@ def test_paper_preset_dry_run(tmp_path):
     ],
 )
 def test_schema_errors_name_the_key(tmp_path, override, message):
-    proc = snakemake(tmp_path, "-n", "--configfile", preset("ci.yaml"), "--config", override, check=False)
+    proc = snakemake(
+        tmp_path, "-n", "--configfile", preset("ci.yaml"), "--config", override, check=False
+    )
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
 

@@ -41,7 +41,9 @@ def _int_levels(bits: int) -> tuple[float, ...]:
 def codebook(bits: int, quantizer: str = "nf") -> torch.Tensor:
     """Sorted levels (float32) of the ``quantizer`` codebook with ``bits`` bits."""
     if quantizer not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer {quantizer!r}; allowed values: {', '.join(QUANTIZERS)}")
+        raise ValueError(
+            f"unknown quantizer {quantizer!r}; allowed values: {', '.join(QUANTIZERS)}"
+        )
     if bits < 2 or bits > 8:
         raise ValueError(f"codebook bits must be in 2..8, got {bits}")
     levels = _nf_levels(bits) if quantizer == "nf" else _int_levels(bits)

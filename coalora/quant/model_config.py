@@ -108,7 +108,9 @@ class ModelQConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict, targets: list[QuantTarget] | None = None, source="configuration"):
+    def from_dict(
+        cls, data: dict, targets: list[QuantTarget] | None = None, source="configuration"
+    ):
         if not isinstance(data, dict) or "modules" not in data or "avg_bits" not in data:
             raise ValueError(f"{source}: expected a JSON object with keys 'avg_bits' and 'modules'")
         if not isinstance(data["modules"], dict) or not data["modules"]:
