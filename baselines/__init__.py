@@ -1,3 +1,3 @@
 """Baselines on the shared training engine; importing this package registers them."""
 
-from . import qlora, shared_lora  # noqa: F401
+from . import full_ft, gptq_lora, loftq, lqlora, qlora, qlora_bnb, shared_lora  # noqa: F401

@@ -151,6 +151,11 @@ def load_peft_adapter(
 ) -> PeftModel:
     """Quantize ``model`` in place under the adapter's ``qconfig.json`` (if it has one), then
     load the adapter with ``PeftModel.from_pretrained``."""
+    if (Path(adapter_dir) / "base_residual.safetensors").exists():
+        raise ValueError(
+            f"adapter {adapter_dir} belongs on a low-rank-corrected base (LQ-LoRA / LoftQ): "
+            "load it with baselines.lowrank.load_residual_adapter"
+        )
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(

@@ -51,7 +51,7 @@ class Method:
     default_budgets: tuple[float, ...] = ()
 
     def __init__(self, loaded, qbase: QuantizedBase, settings, train_configs: list[ModelQConfig]):
-        if not train_configs:
+        if not train_configs and self.fixed_configs(qbase.targets) != []:
             raise ValueError(f"method {self.name!r} needs at least one training configuration")
         if self.per_config and len(train_configs) != 1:
             raise ValueError(
@@ -68,6 +68,12 @@ class Method:
         self.wrappers = self.setup()
 
     # --- hooks a subclass may override -------------------------------------------------
+    @classmethod
+    def fixed_configs(cls, targets) -> list[ModelQConfig] | None:
+        """The configurations this method always trains on (e.g. QLoRA-bnb's one NF4 setting,
+        full fine-tuning's none), or None when the caller chooses them."""
+        return None
+
     def setup(self) -> dict:
         """Add the trainable parts to ``self.model``; return the LoRA wrappers."""
         s = self.settings

@@ -88,6 +88,9 @@ def training_configs(
     if qconfig is not None:
         mqc = ModelQConfig.load(qconfig, qbase.targets)
         return [mqc]
+    fixed = method_cls.fixed_configs(qbase.targets)
+    if fixed is not None and budget is None and budgets is None:
+        return fixed
     if method_cls.per_config:
         if budget is None:
             raise ValueError(

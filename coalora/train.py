@@ -68,6 +68,8 @@ class TrainSettings:
     search_steps: int = 10
     # "auto": the first CUDA GPU when there is one, else the CPU.
     device: str = "auto"
+    # Options of one method (e.g. LQ-LoRA's {"iters": 100}); each method checks its keys.
+    method_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "max_length", "configs_per_step", "r"):

@@ -1,0 +1,54 @@
+"""Pieces the baselines share: per-method options, the one training configuration of a
+per-configuration method, and provenance notes recorded with that configuration.
+
+Per-method options (LQ-LoRA's iterations, GPTQ's calibration set, ...) are small frozen
+dataclasses. A method takes them from its ``options=`` argument or, when that is not given,
+from ``settings.method_options`` (a dict) if the training settings carry one; every option
+has a default, so a method built by ``coalora.runner.run_training`` works without any.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from coalora.quant import ModelQConfig, QuantConfig
+
+# Key under which a per-configuration baseline records how it realised its configuration
+# (library settings, iterations, seconds) in that configuration's JSON (``ModelQConfig.extra``),
+# which the runner saves with the checkpoint as ``train_configs.json``.
+PROVENANCE_KEY = "baseline"
+
+
+def method_options(options_cls, method_name: str, settings, given: dict | None) -> Any:
+    """Build ``options_cls`` from ``given`` or ``settings.method_options``; unknown keys fail."""
+    data = given if given is not None else (getattr(settings, "method_options", None) or {})
+    if not isinstance(data, dict):
+        raise ValueError(f"options of method {method_name!r} must be a mapping, got {data!r}")
+    known = [f.name for f in dataclasses.fields(options_cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method {method_name!r}; known: {known}")
+    return options_cls(**data)
+
+
+def uniform_option(mqc: ModelQConfig) -> QuantConfig | None:
+    """The option every matrix of ``mqc`` uses, or None when they differ."""
+    options = set(mqc.modules.values())
+    return options.pop() if len(options) == 1 else None
+
+
+def check_trained_config(method_name: str, trained: ModelQConfig, asked: ModelQConfig) -> None:
+    """One-line error unless ``asked`` is the configuration the method's base was built for."""
+    if asked is None or asked.key() != trained.key():
+        got = "no configuration" if asked is None else f"avg bits {asked.avg_bits:.4f}"
+        raise ValueError(
+            f"method {method_name!r} built its quantized base for its training configuration "
+            f"(avg bits {trained.avg_bits:.4f}) and cannot switch to another ({got}): "
+            "train one run per configuration"
+        )
+
+
+def with_provenance(mqc: ModelQConfig, info: dict) -> ModelQConfig:
+    """A copy of ``mqc`` that carries ``info`` under ``PROVENANCE_KEY`` (same modules, same key)."""
+    return dataclasses.replace(mqc, extra={**mqc.extra, PROVENANCE_KEY: info})
