@@ -99,9 +99,10 @@ def test_ci_preset_end_to_end_and_partial_rerun(tmp_path):
     deleted = results / "tiny-llama-lm" / "qlora" / "eval" / "b3.json"
     deleted.unlink()
     args = ("--cores", "2", "--configfile", preset("ci.yaml"))
-    counts = job_counts(snakemake(tmp_path, "-n", *args, str(deleted.relative_to(tmp_path))).stdout)
+    target = str(deleted.relative_to(tmp_path))  # before --configfile, which takes nargs
+    counts = job_counts(snakemake(tmp_path, target, "-n", *args).stdout)
     assert counts == {"evaluate": 1, "total": 1}
-    snakemake(tmp_path, *args, str(deleted.relative_to(tmp_path)))
+    snakemake(tmp_path, target, *args)
     counts = job_counts(snakemake(tmp_path, "-n", *args).stdout)
     assert counts == {"table1": 1, "pareto_figure": 1, "all": 1, "total": 3}
     snakemake(tmp_path, *args)
