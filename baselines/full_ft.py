@@ -2,9 +2,9 @@
 heads included), nothing is quantized and there is no LoRA.
 
 Configurations play no part: the method trains with one full-precision pass per step (not K
-identical ones), and the model for any configuration is the full-precision model. Training
-configurations given to it (the runner currently requires one; see ``fixed_configs``) are
-recorded with the checkpoint and otherwise ignored.
+identical ones), and the model for any configuration is the full-precision model. Its fixed
+configuration set is empty (``fixed_configs``); configurations given to it anyway are recorded
+with the checkpoint and otherwise ignored.
 """
 
 from __future__ import annotations
@@ -23,19 +23,6 @@ from coalora.quant.targets import QuantTarget
 @register_method
 class FullFineTuning(Method):
     name = "full-ft"
-
-    def __init__(self, loaded, qbase, settings, train_configs: list[ModelQConfig]):
-        # The base class insists on at least one training configuration; this method needs
-        # none, so it does the same bookkeeping without that check.
-        self.loaded = loaded
-        self.model = loaded.model
-        self.qbase = qbase
-        self.settings = settings
-        self.targets = qbase.targets
-        for mqc in train_configs:
-            mqc.check_targets(self.targets, f"training configuration {mqc.name or ''}".strip())
-        self.train_configs = list(train_configs)
-        self.wrappers = self.setup()
 
     @classmethod
     def fixed_configs(cls, targets: list[QuantTarget]) -> list[ModelQConfig]:
