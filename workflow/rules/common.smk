@@ -1,4 +1,5 @@
 # Names of things: experiments, methods, configurations, and the paths that spell them.
+import shlex
 
 RESULTS = config.get("results", "results")
 SEED = config.get("seed", 0)
@@ -64,7 +65,7 @@ def all_evaluations(exp):
 def train_flags(exp):
     """--set KEY=VALUE for each shared training setting, plus the seed."""
     settings = dict(exp_conf(exp).get("train", {}), seed=SEED)
-    return " ".join(f"--set {k}={json.dumps(v)}" for k, v in sorted(settings.items()))
+    return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in sorted(settings.items()))
 
 
 def data_flags(exp):
