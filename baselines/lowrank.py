@@ -36,6 +36,7 @@ from coalora.lora import load_lora_state_dict, lora_state_dict
 from coalora.methods import Method
 from coalora.quant import ModelQConfig, QuantConfig, quantizable_targets, quantize_dequantize
 from coalora.quant.cost import fisher_diagonal
+from coalora.quant.lowrank import svd_factors
 
 from .common import method_options, with_provenance
 
@@ -65,31 +66,6 @@ class LowRankSplit:
 
 
 # --- rank-r factorisations -----------------------------------------------------------------
-
-
-def svd_factors(
-    a: torch.Tensor, rank: int, randomized: bool, oversampling: int = 10, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-``rank`` factors ``L1 = U sqrt(S)``, ``L2 = sqrt(S) V^T`` (LQ-LoRA and peft's
-    split). ``randomized`` uses ``torch.svd_lowrank`` with ``rank + oversampling`` columns, its
-    random projection seeded by ``seed`` (the caller's RNG is left alone)."""
-    if not 1 <= rank <= min(a.shape):
-        raise ValueError(f"rank {rank} must be in 1..{min(a.shape)} for a {tuple(a.shape)} matrix")
-    if randomized:
-        q = min(rank + oversampling, min(a.shape))
-        # svd_lowrank draws its projection from the RNG of the tensor's device.
-        if a.device.type == "cpu":
-            fork = torch.random.fork_rng(devices=[])
-        else:
-            fork = torch.random.fork_rng(devices=[a.device.index or 0], device_type=a.device.type)
-        with fork:
-            torch.manual_seed(seed)
-            u, s, v = torch.svd_lowrank(a, q=q, niter=2)
-        vh = v.mT
-    else:
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
-    root = s[:rank].sqrt()
-    return u[:, :rank] * root, root[:, None] * vh[:rank]
 
 
 def fisher_row_col_weights(fisher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

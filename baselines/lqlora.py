@@ -7,10 +7,12 @@ rise of the error; the official CoA-LoRA code ran 1), randomized SVD with ``over
 extra columns (LQ-LoRA: ``torch.svd_lowrank``), and ``fisher_task``: a task whose diagonal
 Fisher (coalora.budgets' recipe) weights the SVD by LQ-LoRA's row/column approximation.
 
-Configurations come from the standard ILP (``--budget``) or a file (``--qconfig``). The ILP
-uses the plain quantization costs ``||sqrt(F) (W - deq(quant(W)))||^2`` of ``coalora.quant.cost``,
-not LQ-LoRA's decomposition costs ``||W - (Q + L1 L2)||^2``, which would need one
-decomposition per matrix and option (432 per matrix).
+Configurations come from a file (``--qconfig``) or from the ILP over the decomposition's
+costs (``--budget``): the quantization errors of ``W - L1 L2`` with ``L1 L2 = SVD_r(W)``, the
+residual that LQ-LoRA quantizes after its first step (``coalora.quant.lowrank``; the workflow's
+``cost_table_lowrank`` and ``allocate_<exp>_lqlora`` rules make the same files). LQ-LoRA's
+own costs re-run the decomposition per matrix and option (432 decompositions per matrix); one
+SVD per matrix keeps the allocation as cheap as the plain one. [decision]
 
 Evaluated under another configuration ``c``, the base is ``deq(quant_c(W - L1 L2))`` with the
 ``L1 L2`` of the training decomposition (see ``baselines.lowrank``).
@@ -49,6 +51,10 @@ class LQLoRAOptions:
 class LQLoRA(LowRankInitMethod):
     name = "lqlora"
     options_cls = LQLoRAOptions
+
+    @classmethod
+    def allocation_lowrank_rank(cls, settings) -> int | None:
+        return settings.r
 
     def fisher_task(self) -> str | None:
         return self.options.fisher_task

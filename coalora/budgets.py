@@ -17,6 +17,7 @@ import torch
 from .quant import MAX_BITS, MIN_BITS, ModelQConfig, QuantizedBase
 from .quant.allocate import allocate
 from .quant.cost import cost_table, fisher_diagonal, hash_weights, load_cost_table, save_cost_table
+from .quant.lowrank import lowrank_residuals
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,18 @@ FISHER_BATCHES = 8
 
 
 def cost_cache_path(
-    model_name: str, qbase: QuantizedBase, quantizer: str, fisher_task, max_elements
+    model_name: str,
+    qbase: QuantizedBase,
+    quantizer: str,
+    fisher_task,
+    max_elements,
+    lowrank_rank: int | None = None,
 ):
     from .models import cache_root
 
     key = f"{hash_weights(qbase.base_weights, qbase.targets)}|{quantizer}|{fisher_task}|{max_elements}"
+    if lowrank_rank is not None:
+        key += f"|lowrank{lowrank_rank}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
     return cache_root() / "costs" / f"{safe}-{quantizer}-{digest}.safetensors"
@@ -43,26 +51,36 @@ def costs_for(
     seed: int = 0,
     cache: bool = True,
     path: str | Path | None = None,
+    lowrank_rank: int | None = None,
 ) -> torch.Tensor:
     """The model's [N, 432] cost table, from ``path`` (or the cache) when present.
 
+    ``lowrank_rank`` r gives LQ-LoRA's costs: the quantization errors of ``W - SVD_r(W)``
+    (``coalora.quant.lowrank.lowrank_residuals``) instead of ``W``.
     A given ``path`` that exists is trusted only if it fits the model (checked on load)."""
     if path is not None and Path(path).exists():
-        return load_cost_table(path, qbase.targets, quantizer=quantizer).costs
+        return load_cost_table(
+            path, qbase.targets, quantizer=quantizer, lowrank_rank=lowrank_rank
+        ).costs
     path = (
         Path(path)
         if path is not None
-        else cost_cache_path(loaded.name, qbase, quantizer, fisher_task, max_elements)
+        else cost_cache_path(loaded.name, qbase, quantizer, fisher_task, max_elements, lowrank_rank)
     )
     if cache and path.exists():
         try:
-            return load_cost_table(path, qbase.targets, quantizer=quantizer).costs
+            return load_cost_table(
+                path, qbase.targets, quantizer=quantizer, lowrank_rank=lowrank_rank
+            ).costs
         except ValueError as err:  # a stale or damaged cache entry is rebuilt, not trusted
             log.warning("rebuilding cost table: %s", err)
     fisher = None
     if fisher_task is not None:
         fisher = _fisher(loaded, qbase, fisher_task, seed)
-    costs = cost_table(qbase.base_weights, qbase.targets, quantizer, fisher, max_elements)
+    weights = qbase.base_weights
+    if lowrank_rank is not None:
+        weights = lowrank_residuals(weights, qbase.targets, lowrank_rank, seed)
+    costs = cost_table(weights, qbase.targets, quantizer, fisher, max_elements)
     if cache:
         save_cost_table(
             path,
@@ -72,6 +90,7 @@ def costs_for(
             fisher_weighted=fisher is not None,
             max_elements=max_elements,
             weights_hash=hash_weights(qbase.base_weights, qbase.targets),
+            lowrank_rank=lowrank_rank,
         )
     return costs
 
@@ -127,6 +146,7 @@ def configs_for_budgets(
     qbase: QuantizedBase | None = None,
     cost_table_path: str | Path | None = None,
     names: list[str] | None = None,
+    lowrank_rank: int | None = None,
 ) -> list[ModelQConfig]:
     """ILP configurations for ``budgets``. ``model`` is a name or a ``LoadedModel``.
 
@@ -144,7 +164,14 @@ def configs_for_budgets(
         loaded = model
     qbase = qbase or QuantizedBase(loaded.model)
     costs = costs_for(
-        loaded, qbase, quantizer, fisher_task, max_elements, seed, path=cost_table_path
+        loaded,
+        qbase,
+        quantizer,
+        fisher_task,
+        max_elements,
+        seed,
+        path=cost_table_path,
+        lowrank_rank=lowrank_rank,
     )
     names = names or [f"ilp-{budget_label(b)}" for b in budgets]
     return [

@@ -56,6 +56,7 @@ def _cmd_cost_table(args) -> None:
         args.max_elements,
         args.seed,
         path=args.out,
+        lowrank_rank=args.lowrank_rank,
     )
     print(f"wrote {args.out}: {tuple(costs.shape)} costs")
 
@@ -86,6 +87,7 @@ def _cmd_allocate(args) -> None:
         seed=args.seed,
         cost_table_path=args.cost_table,
         names=names if all(names) else None,
+        lowrank_rank=args.lowrank_rank,
     )
     for mqc, out, budget in zip(configs, outs, budgets, strict=True):
         mqc.save(out)
@@ -234,6 +236,13 @@ def _add_allocation_options(p: argparse.ArgumentParser, cost_table: bool = True)
         type=int,
         default=None,
         help="estimate each matrix's costs from this many sampled weights (default: exact)",
+    )
+    p.add_argument(
+        "--lowrank-rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="LQ-LoRA's costs: the quantization errors of W - SVD_R(W) instead of W",
     )
     p.add_argument("--seed", type=int, default=0)
 

@@ -74,6 +74,12 @@ class Method:
         full fine-tuning's none), or None when the caller chooses them."""
         return None
 
+    @classmethod
+    def allocation_lowrank_rank(cls, settings) -> int | None:
+        """Rank r when the method's ILP allocates over the costs of ``W - SVD_r(W)`` (LQ-LoRA)
+        rather than of ``W``; None for the plain quantization costs."""
+        return None
+
     def setup(self) -> dict:
         """Add the trainable parts to ``self.model``; return the LoRA wrappers."""
         s = self.settings

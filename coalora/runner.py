@@ -83,6 +83,7 @@ def training_configs(
     max_elements=None,
     seed=0,
     cost_table=None,
+    lowrank_rank=None,
 ) -> list[ModelQConfig]:
     """The method's training set: a given configuration, one budget, or a budget grid."""
     if qconfig is not None:
@@ -110,6 +111,7 @@ def training_configs(
         seed=seed,
         qbase=qbase,
         cost_table_path=cost_table,
+        lowrank_rank=lowrank_rank,
     )
     unique, seen = [], set()
     for mqc in configs:  # neighbouring budgets can give the same ILP solution
@@ -164,6 +166,7 @@ def run_training(
         max_elements=max_elements,
         seed=settings.seed,
         cost_table=cost_table,
+        lowrank_rank=method_cls.allocation_lowrank_rank(settings),
     )
     runner = method_cls(loaded, qbase, settings, train_configs)
     batches = make_batches(

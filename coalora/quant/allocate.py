@@ -30,6 +30,7 @@ solved again with a slightly tighter limit.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import warnings
@@ -43,7 +44,14 @@ from .config import ALL_OPTIONS, MAX_BITS, MIN_BITS
 from .model_config import ModelQConfig
 from .targets import QuantTarget
 
+log = logging.getLogger(__name__)
+
 MIP_REL_GAP = 1e-6
+# Seconds HiGHS may spend on one ILP. Models with many identical layers (random weights, or
+# RoBERTa-large's 24 equal blocks) give near-symmetric problems whose optimality proof can
+# run for hours; at the limit the best solution found is kept and its gap is logged.
+TIME_LIMIT_S = 60.0
+MAX_NODES = 500
 _CORE = 3  # options per matrix in the core problem that gives the first feasible solution
 
 
@@ -140,9 +148,17 @@ def _fill_budget(cost: np.ndarray, weight: np.ndarray, budget: float, choice: np
 
 
 def solve_allocation(
-    costs, numels, option_bits, budget: float, mip_rel_gap: float = MIP_REL_GAP
+    costs,
+    numels,
+    option_bits,
+    budget: float,
+    mip_rel_gap: float = MIP_REL_GAP,
+    time_limit: float = TIME_LIMIT_S,
 ) -> list[int]:
-    """Optimal option index per matrix (``costs`` [N, O], ``numels`` [N], ``option_bits`` [O])."""
+    """Optimal option index per matrix (``costs`` [N, O], ``numels`` [N], ``option_bits`` [O]).
+
+    Optimal up to ``mip_rel_gap``, unless a HiGHS solve reaches ``time_limit`` seconds: then
+    the best feasible solution found so far is returned and a warning gives its gap."""
     costs = np.asarray(costs.detach().cpu() if isinstance(costs, torch.Tensor) else costs)
     costs = costs.astype(np.float64)
     option_bits = np.asarray(option_bits, dtype=np.float64)
@@ -189,8 +205,9 @@ def solve_allocation(
     core = (reduced <= nearest) & np.isfinite(cost)  # (padding has infinite cost)
     core[rows, best] = True
     floor = costs.min(axis=1)
-    found = _solve_subset(core, cost, weight, floor, budget, numels, bits, mip_rel_gap)
-    if cost[rows, found].sum() < upper:
+    solve = (cost, weight, floor, budget, numels, bits, mip_rel_gap, time_limit)
+    found = _solve_subset(core, *solve)
+    if found is not None and cost[rows, found].sum() < upper:
         best, upper = found, float(cost[rows, found].sum())
 
     # 3. Drop every option that cannot be in an optimal solution (its Lagrangian lower bound
@@ -199,14 +216,18 @@ def solve_allocation(
     useful = lower + reduced <= upper * (1 + 1e-9)  # a hair of slack for rounding
     useful[rows, best] = True
     if (useful & ~core).any():
-        found = _solve_subset(useful, cost, weight, floor, budget, numels, bits, mip_rel_gap)
-        if cost[rows, found].sum() < upper:  # (within the gap HiGHS may stop above the core's)
+        found = _solve_subset(useful, *solve)
+        if found is not None and cost[rows, found].sum() < upper:  # (within the gap HiGHS may stop above the core's)
             best = found
     return [int(option[i, j]) for i, j in enumerate(best)]
 
 
-def _solve_subset(allowed, cost, weight, floor, budget, numels, bits, mip_rel_gap) -> np.ndarray:
-    """The ILP over the ``allowed`` [N, K] options with HiGHS; the column chosen per row."""
+def _solve_subset(
+    allowed, cost, weight, floor, budget, numels, bits, mip_rel_gap, time_limit
+) -> np.ndarray | None:
+    """The ILP over the ``allowed`` [N, K] options with HiGHS; the column chosen per row.
+
+    None when HiGHS hit ``time_limit`` before finding any feasible solution."""
     row_of, col_of = np.nonzero(allowed)
     # HiGHS sees the full costs (its relative gap is then relative to the total error, the
     # ILP's objective as stated), scaled so that the dearest option costs 1.
@@ -229,9 +250,26 @@ def _solve_subset(allowed, cost, weight, floor, budget, numels, bits, mip_rel_ga
                     LinearConstraint(one_each, 1, 1),
                     LinearConstraint(w[None, :], -np.inf, float(budget) - margin),
                 ],
-                options={"mip_rel_gap": mip_rel_gap, "mip_abs_gap": 0.0},
+                options={
+                    "mip_rel_gap": mip_rel_gap,
+                    "mip_abs_gap": 0.0,
+                    "time_limit": time_limit,
+                    "mip_max_nodes": MAX_NODES,
+                },
             )
-        if result.status != 0 or result.x is None:
+        # Time or node limit (scipy reports HiGHS' node limit as an unrecognised status 4):
+        # keep the best solution found, if any.
+        if result.status == 1 or "limit reached" in str(result.message):
+            if result.x is None:
+                log.warning("ILP for budget %s: no solution within its limits", budget)
+                return None
+            log.warning(
+                "ILP for budget %s stopped at a limit (%s), %.2g from optimal (relative)",
+                budget,
+                result.message,
+                getattr(result, "mip_gap", float("nan")),
+            )
+        elif result.status != 0 or result.x is None:
             raise RuntimeError(
                 f"ILP for budget {budget} not solved to optimality: status {result.status} "
                 f"({result.message})"

@@ -351,8 +351,8 @@ def fisher_diagonal(
 ) -> dict[str, torch.Tensor]:
     """Mean over calibration batches of the squared gradient of ``model(**batch).loss``.
 
-    Returns float32 tensors (CPU) keyed by target name. The model runs in eval mode (no
-    dropout: the same batches give the same Fisher); only the targeted weights get
+    Batches are moved to the model's device. Returns float32 tensors (CPU) keyed by target
+    name. The model runs in eval mode (no dropout: the same batches give the same Fisher); only the targeted weights get
     gradients, and the model's training mode and ``requires_grad`` flags are restored.
     """
     modules = dict(model.named_modules())
@@ -364,6 +364,7 @@ def fisher_diagonal(
     was_training = model.training
     sums = [torch.zeros(w.shape, dtype=torch.float32) for w in weights]
     count = 0
+    device = weights[0].device if weights else torch.device("cpu")
     try:
         model.eval()
         for p in model.parameters():
@@ -371,6 +372,7 @@ def fisher_diagonal(
         for w in weights:
             w.requires_grad_(True)
         for batch in batches:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss = model(**batch).loss
             if loss is None:
                 raise ValueError("calibration batch gave no loss: batches need 'labels'")
@@ -399,6 +401,8 @@ class CostTable:
     fisher_weighted: bool = False
     max_elements: int | None = None
     weights_hash: str | None = None
+    # LQ-LoRA's allocation: costs of W - SVD_r(W) (``coalora.quant.lowrank``); None: of W.
+    lowrank_rank: int | None = None
 
 
 def hash_weights(base_weights: dict[str, torch.Tensor], targets: list[QuantTarget]) -> str:
@@ -436,6 +440,7 @@ def save_cost_table(
     fisher_weighted: bool = False,
     max_elements: int | None = None,
     weights_hash: str | None = None,
+    lowrank_rank: int | None = None,
 ) -> None:
     """Write ``path`` (safetensors) and its JSON index atomically; the index is written last."""
     index = index_path(path)
@@ -463,6 +468,7 @@ def save_cost_table(
             "fisher_weighted": bool(fisher_weighted),
             "max_elements": max_elements,
             "weights_hash": weights_hash,
+            "lowrank_rank": lowrank_rank,
             "modules": [t.name for t in targets],
             "shapes": [list(t.shape) for t in targets],
             "numels": [t.numel for t in targets],
@@ -478,6 +484,7 @@ def load_cost_table(
     weights_hash: str | None = None,
     fisher_weighted: bool | None = None,
     max_elements: int | None | str = "any",
+    lowrank_rank: int | None | str = "any",
 ) -> CostTable:
     """Read a table written by ``save_cost_table`` and check it fits ``targets``.
 
@@ -532,6 +539,11 @@ def load_cost_table(
             f"cost table {path} has max_elements={meta.get('max_elements')}, "
             f"expected {max_elements}"
         )
+    if lowrank_rank != "any" and meta.get("lowrank_rank") != lowrank_rank:
+        raise ValueError(
+            f"cost table {path} has lowrank_rank={meta.get('lowrank_rank')}, "
+            f"expected {lowrank_rank}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"cost table not found: {path}")
     try:
@@ -553,4 +565,5 @@ def load_cost_table(
         fisher_weighted=bool(meta.get("fisher_weighted", False)),
         max_elements=meta.get("max_elements"),
         weights_hash=meta.get("weights_hash"),
+        lowrank_rank=meta.get("lowrank_rank"),
     )
