@@ -4,6 +4,7 @@
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml
 # Every rule is a thin call of the `coalora` command; all logic lives in the package.
 import json
+import os
 import sys
 
 from snakemake.utils import min_version, validate
@@ -15,7 +16,7 @@ min_version("9.0")
 # would otherwise merge the two, mixing their experiments). --config KEY=VALUE still updates.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -530,3 +530,70 @@ def test_ragged_pareto_fronts():
         best = exhaustive(costs, [10, 10, 10], bits, budget)
         assert choice[0] == 0
         assert sum(costs[i, j] for i, j in enumerate(choice)) == pytest.approx(best)
+
+
+# --- LQ-LoRA's allocation costs and the ILP's limits -------------------------------------------
+
+
+def test_lowrank_costs_are_the_quantization_errors_of_the_svd_residual(tmp_path, monkeypatch):
+    from coalora.budgets import configs_for_budgets, costs_for
+    from coalora.models import load_model
+    from coalora.quant import QuantizedBase
+    from coalora.quant.lowrank import lowrank_residuals, svd_factors
+
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
+    loaded = load_model("tiny-llama")
+    qbase = QuantizedBase(loaded.model)
+    rank = 4
+    residuals = lowrank_residuals(qbase.base_weights, qbase.targets, rank, seed=0)
+    t = qbase.targets[0]
+    l1, l2 = svd_factors(qbase.base_weights[t.name], rank, randomized=True, seed=0)
+    assert torch.allclose(residuals[t.name], qbase.base_weights[t.name] - l1 @ l2)
+    # The residual has the singular values of W past the r-th: smaller than W's norm.
+    assert residuals[t.name].norm() < qbase.base_weights[t.name].norm()
+
+    lowrank = costs_for(loaded, qbase, lowrank_rank=rank, max_elements=4096)
+    expected = cost_table(residuals, qbase.targets, max_elements=4096, progress=False)
+    assert torch.equal(lowrank, expected)
+    plain = costs_for(loaded, qbase, max_elements=4096)
+    assert (lowrank < plain).float().mean() > 0.9  # less to quantize, smaller errors
+
+    # Written to a file, the table records its rank; reading it for another rank is refused.
+    path = tmp_path / "lowrank.safetensors"
+    costs_for(loaded, qbase, lowrank_rank=rank, max_elements=4096, path=path)
+    assert load_cost_table(path, qbase.targets).lowrank_rank == rank
+    with pytest.raises(ValueError, match="lowrank_rank=4, expected None"):
+        costs_for(loaded, qbase, max_elements=4096, path=path)
+    [mqc] = configs_for_budgets(
+        loaded, [3.0], qbase=qbase, lowrank_rank=rank, max_elements=4096, cost_table_path=path
+    )
+    assert mqc.avg_bits <= 3.0
+
+
+def test_ilp_stopped_at_its_limits_still_gives_a_feasible_near_optimal_answer(caplog):
+    # 64 matrices with nearly the same costs: HiGHS proves optimality of such problems very
+    # slowly (random-weight or equal-block models give them).
+    rng = np.random.default_rng(0)
+    row = np.sort(rng.random(len(BITS)))[::-1] * (1 + 0.01 * rng.random(len(BITS)))
+    costs = np.tile(row[np.argsort(np.argsort(BITS))], (64, 1))  # dearer at fewer bits
+    costs *= 1 + 1e-3 * rng.random(costs.shape)
+    numels = [4096] * 64
+    # A zero time limit: HiGHS stops before any node, as it would at its limits on a big
+    # model (RoBERTa-large shapes with random weights ran over 10 minutes without them); the
+    # Lagrangian solution, filled greedily, is then the answer.
+    with caplog.at_level("WARNING", logger="coalora.quant.allocate"):
+        choice = solve_allocation(costs, numels, BITS, 3.3, time_limit=0.0)
+    assert "no solution within its limits" in caplog.text
+    bits = BITS[choice]
+    assert bits.mean() <= 3.3
+    total = costs[np.arange(64), choice].sum()
+    # The optimum is bounded below by the LP relaxation; the answer must be within 1% of it.
+    from scipy.optimize import linprog
+
+    n, o = costs.shape
+    a_eq = np.kron(np.eye(n), np.ones(o))
+    lp = linprog(
+        costs.ravel(), A_ub=np.tile(BITS, n)[None, :] / n, b_ub=[3.3], A_eq=a_eq,
+        b_eq=np.ones(n), bounds=(0, 1), method="highs",
+    )  # fmt: skip
+    assert lp.status == 0 and total <= lp.fun * 1.01

@@ -219,6 +219,25 @@ def test_run_training_writes_the_manifest_and_the_configuration_provenance(tmp_p
     assert set(method.trainable_state()) == set(load_trained(out)[0].trainable_state())
 
 
+def test_lqlora_budget_allocates_over_the_decomposition_costs(tmp_path, monkeypatch):
+    """``--budget`` for LQ-LoRA: the ILP over the errors of W - SVD_r(W), r = the LoRA rank."""
+    from coalora.budgets import configs_for_budgets
+
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
+    settings = TrainSettings(**{**SETTINGS, "steps": 1})
+    out = run_training(
+        model="tiny-llama", task="bible-lm", method="lqlora", settings=settings,
+        out=tmp_path / "ckpt", budget=2.5, max_train=16, progress=False,
+    )  # fmt: skip
+    [trained] = json.loads((out / "train_configs.json").read_text())
+    loaded = load_model("tiny-llama")
+    [own] = configs_for_budgets(loaded, [2.5], lowrank_rank=SETTINGS["r"])
+    [plain] = configs_for_budgets(loaded, [2.5])
+    trained = ModelQConfig.from_dict(trained)
+    assert trained.key() == own.key() and trained.avg_bits <= 2.5
+    assert own.key() != plain.key()  # the low-rank part changes what is worth bits
+
+
 def test_reloaded_lowrank_state_rebuilds_the_same_model(lm_task):
     runner, batches, settings = build("lqlora", lm_task, NF2, {"iters": 2}, steps=2)
     train(runner, batches.batch, settings, progress=False)

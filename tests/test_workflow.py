@@ -4,7 +4,6 @@ and reruns that rebuild only what depends on a deleted file."""
 import csv
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +35,14 @@ def preset(name):
 
 
 def test_default_preset_dry_run(tmp_path):
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    # The embedded default is found beside the Snakefile, whatever the working directory.
+    proc = snakemake(tmp_path, "-n")
+    counts = job_counts(proc.stdout)
     # 2 experiments x 4 methods; QLoRA and LQ-LoRA train once per evaluation budget (4).
     assert counts["prepare"] == 2 and counts["cost_table"] == 2
+    # LQ-LoRA's configurations come from its own costs (W - SVD_r(W)) and ILP.
+    assert counts["cost_table_lowrank"] == 2 and counts["allocate_smollm2-bible_lqlora"] == 1
+    assert "qconfigs-lqlora/b2.5.json" in proc.stdout
     assert counts["train"] == 4 and counts["train_per_config"] == 16 and counts["evaluate"] == 16
     assert counts["evaluate_smollm2-bible"] == 2 and counts["evaluate_base_smollm2-bible"] == 1
     assert counts["table1"] == 1 and counts["pareto_figure"] == 2

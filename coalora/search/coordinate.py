@@ -78,7 +78,8 @@ def coordinate_search(
         for w, (moved, _, _) in zip(walkers, batches, strict=True):
             moved_values = scores[offset : offset + len(moved)]
             offset += len(moved)
-            gain = moved_values - values[w]  # the true difference a(x +- e) - a(x)
+            with np.errstate(invalid="ignore"):  # -inf - -inf (no EHVI anywhere) is no gain
+                gain = moved_values - values[w]  # the true difference a(x +- e) - a(x)
             gain = np.where(np.isnan(gain), -np.inf, gain)
             best = int(np.argmax(gain)) if len(gain) else -1
             if best < 0 or not gain[best] > min_improvement:

@@ -10,6 +10,9 @@ COALORA = f"{sys.executable} -m coalora.cli"
 
 # Methods that train one run per configuration; the others train once and serve many.
 PER_CONFIG = {"qlora", "lqlora", "loftq", "gptq-lora"}
+# Methods whose ILP allocates over their own costs, into their own configuration files:
+# LQ-LoRA's are the quantization errors of W - SVD_r(W) (see baselines/lqlora.py).
+OWN_ALLOCATION = {"lqlora"}
 
 wildcard_constraints:
     exp=r"[A-Za-z0-9_.-]+",
@@ -47,6 +50,31 @@ def cfgs_for(exp, method):
     if method in PER_CONFIG:
         return eval_cfgs(exp)
     return eval_cfgs(exp) + unseen_cfgs(exp)
+
+
+def qconfig_dir(exp, method):
+    if method in OWN_ALLOCATION:
+        return f"{RESULTS}/{exp}/qconfigs-{method}"
+    return f"{RESULTS}/{exp}/qconfigs"
+
+
+def qconfig_path(exp, method, cfg):
+    return f"{qconfig_dir(exp, method)}/{cfg}.json"
+
+
+def lora_rank(exp):
+    """The experiment's LoRA rank (its `train: {r: ...}`, else the engine's default)."""
+    from coalora.train import TrainSettings
+
+    return exp_conf(exp).get("train", {}).get("r", TrainSettings().r)
+
+
+def cost_table_flags(exp):
+    conf = exp_conf(exp)
+    flags = [f"--max-elements {conf['max_elements']}"] if conf.get("max_elements") else []
+    if conf.get("fisher"):
+        flags.append(f"--fisher-task {conf['task']}")
+    return " ".join(flags)
 
 
 def checkpoint_path(exp, method, cfg=None):

@@ -10,7 +10,7 @@ rule evaluate:
     """Per-configuration methods: one checkpoint, one configuration."""
     input:
         checkpoint=eval_checkpoint,
-        qconfig=f"{RESULTS}/{{exp}}/qconfigs/{{cfg}}.json",
+        qconfig=lambda w: qconfig_path(w.exp, w.method, w.cfg),
     output:
         f"{RESULTS}/{{exp}}/{{method}}/eval/{{cfg}}.json",
     wildcard_constraints:

@@ -21,15 +21,30 @@ rule cost_table:
         f"{RESULTS}/{{exp}}/cost_table.json",
     params:
         model=lambda w: exp_conf(w.exp)["model"],
-        extra=lambda w: " ".join(
-            ([f"--max-elements {exp_conf(w.exp)['max_elements']}"] if exp_conf(w.exp).get("max_elements") else [])
-            + ([f"--fisher-task {exp_conf(w.exp)['task']}"] if exp_conf(w.exp).get("fisher") else [])
-        ),
+        extra=lambda w: cost_table_flags(w.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table.log",
     shell:
         "{COALORA} cost-table --model {params.model} --quantizer {QUANTIZER} {params.extra} "
         "--seed {SEED} --out {output[0]} 2> {log}"
+
+
+rule cost_table_lowrank:
+    """LQ-LoRA's allocation costs: quantization errors of W - SVD_r(W), r the LoRA rank."""
+    input:
+        f"{RESULTS}/{{exp}}/prepared.json",
+    output:
+        f"{RESULTS}/{{exp}}/cost_table-lowrank.safetensors",
+        f"{RESULTS}/{{exp}}/cost_table-lowrank.json",
+    params:
+        model=lambda w: exp_conf(w.exp)["model"],
+        extra=lambda w: cost_table_flags(w.exp),
+        rank=lambda w: lora_rank(w.exp),
+    log:
+        f"{RESULTS}/logs/{{exp}}/cost_table-lowrank.log",
+    shell:
+        "{COALORA} cost-table --model {params.model} --quantizer {QUANTIZER} {params.extra} "
+        "--lowrank-rank {params.rank} --seed {SEED} --out {output[0]} 2> {log}"
 
 
 # One job per experiment allocates every budget it needs: the ILP is fast, loading the model
@@ -54,3 +69,26 @@ for _exp in EXPERIMENTS:
             "{COALORA} allocate --model {params.model} --budgets {params.budgets} "
             "--names {params.names} --quantizer {QUANTIZER} --cost-table {input} "
             "--out-dir {params.out_dir} 2> {log}"
+
+    # Methods with their own allocation (LQ-LoRA): the budgets they train and evaluate on.
+    for _method in sorted(OWN_ALLOCATION & set(exp_conf(_exp)["methods"])):
+
+        rule:
+            name:
+                f"allocate_{_exp}_{_method.replace('-', '_')}"
+            input:
+                f"{RESULTS}/{_exp}/cost_table-lowrank.safetensors",
+            output:
+                [qconfig_path(_exp, _method, cfg) for cfg in cfgs_for(_exp, _method)],
+            params:
+                model=exp_conf(_exp)["model"],
+                budgets=" ".join(str(cfg_budget(cfg)) for cfg in cfgs_for(_exp, _method)),
+                names=" ".join(cfgs_for(_exp, _method)),
+                out_dir=qconfig_dir(_exp, _method),
+                rank=lora_rank(_exp),
+            log:
+                f"{RESULTS}/logs/{_exp}/allocate-{_method}.log",
+            shell:
+                "{COALORA} allocate --model {params.model} --budgets {params.budgets} "
+                "--names {params.names} --quantizer {QUANTIZER} --cost-table {input} "
+                "--lowrank-rank {params.rank} --out-dir {params.out_dir} 2> {log}"

@@ -42,7 +42,7 @@ rule train:
 rule train_per_config:
     input:
         prepared=f"{RESULTS}/{{exp}}/prepared.json",
-        qconfig=f"{RESULTS}/{{exp}}/qconfigs/{{cfg}}.json",
+        qconfig=lambda w: qconfig_path(w.exp, w.method, w.cfg),
     output:
         directory(f"{RESULTS}/{{exp}}/{{method}}/{{cfg}}/checkpoint"),
     benchmark:
