@@ -217,7 +217,8 @@ def solve_allocation(
     useful[rows, best] = True
     if (useful & ~core).any():
         found = _solve_subset(useful, *solve)
-        if found is not None and cost[rows, found].sum() < upper:  # (within the gap HiGHS may stop above the core's)
+        # (within the gap, HiGHS may stop above the core's solution)
+        if found is not None and cost[rows, found].sum() < upper:
             best = found
     return [int(option[i, j]) for i, j in enumerate(best)]
 
