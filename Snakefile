@@ -34,4 +34,5 @@ rule all:
     input:
         f"{RESULTS}/table1.csv",
         f"{RESULTS}/table1.md",
-        expand(f"{RESULTS}/figures/{{exp}}_pareto.{{ext}}", exp=EXPERIMENTS, ext=["png", "svg"]),
+        [f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")],
+        figure_outputs(),

@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--full-precision", action="store_true", help="(with --model) unquantized")
     p.add_argument("--out", help="result JSON (with --budget / --qconfig / --full-precision)")
     p.add_argument("--out-dir", help="result directory (with --qconfigs)")
+    p.add_argument(
+        "--label", help="(with --checkpoint) method name in the results, e.g. coalora-r32"
+    )
     p.add_argument("--task", help="default: the checkpoint's task (required with --model)")
     p.add_argument("--limit", type=int, help="test examples / perplexity windows / lm-eval docs")
     p.add_argument(

@@ -36,16 +36,28 @@ def preset(name):
 
 def test_default_preset_dry_run(tmp_path):
     # The embedded default is found beside the Snakefile, whatever the working directory.
-    proc = snakemake(tmp_path, "-n")
+    proc = snakemake(tmp_path, "-n", "-p")
     counts = job_counts(proc.stdout)
-    # 2 experiments x 4 methods; QLoRA and LQ-LoRA train once per evaluation budget (4).
-    assert counts["prepare"] == 2 and counts["cost_table"] == 2
+    # SmolLM2 and MiniLM x 4 methods, MiniLM's 4 CoA-LoRA variants (rank, search mode), and
+    # MiniLM under INT with CoA-LoRA and QLoRA; QLoRA and LQ-LoRA train once per evaluation
+    # budget (4): 2 x 4 x 2 + 4 per-configuration runs.
+    assert counts["prepare"] == 3 and counts["cost_table"] == 3
+    assert counts["train"] == 2 * 2 + 4 + 1
+    assert counts["train_per_config"] == 2 * 4 * 2 + 4 and counts["evaluate"] == 20
+    assert counts["evaluate_minilm-testament"] == 2 + 4  # coalora, shared-lora + 4 variants
+    assert counts["evaluate_smollm2-bible"] == 2 and counts["evaluate_base_smollm2-bible"] == 1
     # LQ-LoRA's configurations come from its own costs (W - SVD_r(W)) and ILP.
     assert counts["cost_table_lowrank"] == 2 and counts["allocate_smollm2-bible_lqlora"] == 1
     assert "qconfigs-lqlora/b2.5.json" in proc.stdout
-    assert counts["train"] == 4 and counts["train_per_config"] == 16 and counts["evaluate"] == 16
-    assert counts["evaluate_smollm2-bible"] == 2 and counts["evaluate_base_smollm2-bible"] == 1
-    assert counts["table1"] == 1 and counts["pareto_figure"] == 2
+    # Every table and figure: table1, the further tables, Pareto / seen-unseen per experiment,
+    # the search ablation where search variants exist.
+    assert counts["table1"] == 1 and counts["tables"] == 1
+    assert counts["pareto_figure"] == 3 and counts["seen_unseen_figure"] == 3
+    assert counts["search_ablation_figure"] == 1
+    # A variant trains its registered method with its own settings and is evaluated under
+    # its label.
+    assert re.search(r"train .*--method coalora .*--set r=8 .*coalora-r8/checkpoint", proc.stdout)
+    assert "--label coalora-frozen" in proc.stdout
 
 
 def test_paper_preset_dry_run(tmp_path):

@@ -286,6 +286,7 @@ def evaluate_configs(
     out_paths: Sequence[str | os.PathLike] | None = None,
     settings: EvalSettings | None = None,
     allocation: dict | None = None,
+    label: str | None = None,
 ) -> list[dict]:
     """Evaluate a trained method under many configurations in one process.
 
@@ -295,6 +296,10 @@ def evaluate_configs(
     quantizer and ``allocation`` options ``fisher_task`` / ``max_elements``) or qconfig JSON
     paths. ``task`` defaults to the checkpoint's own. Each result is written to its
     ``out_paths`` entry (atomically) as soon as it is measured; all are returned.
+
+    ``label`` is the record's ``method`` (default: the checkpoint's method): a workflow's
+    name for an ablation variant such as ``coalora-r32``. The protocol always carries the
+    checkpoint's ``trained_method`` and ``train_settings``.
     """
     from ..runner import load_trained
 
@@ -332,10 +337,12 @@ def evaluate_configs(
         evaluation = time.perf_counter() - clock
         protocol.update(_common_protocol(task_data, method.loaded, load_seconds, len(mqcs)))
         protocol["eval_settings"] = asdict(settings)
+        protocol["trained_method"] = manifest["method"]
+        protocol["train_settings"] = train_settings
         record = make_record(
             model=manifest["model"],
             task=task_data.spec.name,
-            method=manifest["method"],
+            method=label or manifest["method"],
             mqc=mqc,
             seen=mqc.key() in trained_keys,
             metrics=metrics,
@@ -443,6 +450,8 @@ def evaluate_from_cli(args) -> None:
     --out FILE             [out]         result JSON (with --budget / --qconfig / --full-precision)
     --out-dir DIR          [out_dir]     result directory (with --qconfigs)
     --task NAME            [task]        default: the checkpoint's task (required with --model)
+    --label NAME           [label]       (with --checkpoint) the results' method name, e.g. an
+                                         ablation variant "coalora-r32"
     --limit N              [limit]       test examples / perplexity windows / lm-eval docs per task
     --lm-eval-tasks T...   [lm_eval_tasks]  (nargs="*") causal LMs: lm-eval tasks (default
                                          bible_ppl bible_mc; give the flag with no names for none)
@@ -500,7 +509,13 @@ def evaluate_from_cli(args) -> None:
         out_paths = [Path(opt("out"))]
     if checkpoint is not None:
         records = evaluate_configs(
-            checkpoint, items, opt("task"), out_paths, settings, allocation=allocation
+            checkpoint,
+            items,
+            opt("task"),
+            out_paths,
+            settings,
+            allocation=allocation,
+            label=opt("label"),
         )
     else:
         if opt("task") is None:

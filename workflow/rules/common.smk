@@ -24,6 +24,36 @@ def exp_conf(exp):
     return config["experiments"][exp]
 
 
+def quantizer_of(exp):
+    """The experiment's quantizer (its own `quantizer`, else the global one)."""
+    return exp_conf(exp).get("quantizer", QUANTIZER)
+
+
+def exp_methods(exp):
+    """Method labels of an experiment: its methods, then its ablation variants."""
+    return list(exp_conf(exp)["methods"]) + list(exp_conf(exp).get("variants", {}))
+
+
+def base_method(exp, label):
+    """The registered method behind a label (a variant's `method`, else the label)."""
+    return exp_conf(exp).get("variants", {}).get(label, {}).get("method", label)
+
+
+def per_config(exp, label):
+    return base_method(exp, label) in PER_CONFIG
+
+
+def steps_for(exp, label):
+    variant = exp_conf(exp).get("variants", {}).get(label, {})
+    return variant.get("steps") or exp_conf(exp)["steps"][base_method(exp, label)]
+
+
+# Labels of per-configuration methods in any experiment (the `evaluate` rule's wildcard).
+PER_CONFIG_LABELS = sorted(
+    {m for exp in EXPERIMENTS for m in exp_methods(exp) if per_config(exp, m)}
+)
+
+
 def budget_label(budget):
     return f"{float(budget):.3f}".rstrip("0").rstrip(".")
 
@@ -47,14 +77,16 @@ def cfg_budget(cfg):
 def cfgs_for(exp, method):
     """Configurations a method is evaluated on: per-configuration methods only where they
     trained; shared methods (and the unadapted base) also on the unseen ones."""
-    if method in PER_CONFIG:
+    if per_config(exp, method):
         return eval_cfgs(exp)
     return eval_cfgs(exp) + unseen_cfgs(exp)
 
 
 def qconfig_dir(exp, method):
-    if method in OWN_ALLOCATION:
-        return f"{RESULTS}/{exp}/qconfigs-{method}"
+    """Where a method's configurations are; a variant of LQ-LoRA uses LQ-LoRA's (allocated at
+    the experiment's rank)."""
+    if base_method(exp, method) in OWN_ALLOCATION:
+        return f"{RESULTS}/{exp}/qconfigs-{base_method(exp, method)}"
     return f"{RESULTS}/{exp}/qconfigs"
 
 
@@ -78,21 +110,23 @@ def cost_table_flags(exp):
 
 
 def checkpoint_path(exp, method, cfg=None):
-    if method in PER_CONFIG:
+    if per_config(exp, method):
         return f"{RESULTS}/{exp}/{method}/{cfg}/checkpoint"
     return f"{RESULTS}/{exp}/{method}/checkpoint"
 
 
 def all_evaluations(exp):
     files = [f"{RESULTS}/{exp}/none/eval/{cfg}.json" for cfg in cfgs_for(exp, "none")]
-    for method in exp_conf(exp)["methods"]:
+    for method in exp_methods(exp):
         files += [f"{RESULTS}/{exp}/{method}/eval/{cfg}.json" for cfg in cfgs_for(exp, method)]
     return files
 
 
-def train_flags(exp):
-    """--set KEY=VALUE for each shared training setting, plus the seed."""
-    settings = dict(exp_conf(exp).get("train", {}), seed=SEED)
+def train_flags(exp, label):
+    """--set KEY=VALUE for each training setting (the experiment's, then the variant's), plus
+    the seed."""
+    variant = exp_conf(exp).get("variants", {}).get(label, {})
+    settings = dict(exp_conf(exp).get("train", {}), **variant.get("train", {}), seed=SEED)
     return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in sorted(settings.items()))
 
 

@@ -14,7 +14,7 @@ rule evaluate:
     output:
         f"{RESULTS}/{{exp}}/{{method}}/eval/{{cfg}}.json",
     wildcard_constraints:
-        method="|".join(sorted(PER_CONFIG)),
+        method="|".join(PER_CONFIG_LABELS) if PER_CONFIG_LABELS else "^$",
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/eval-{{cfg}}.tsv"
     params:
@@ -28,7 +28,7 @@ rule evaluate:
         f"{RESULTS}/logs/{{exp}}/{{method}}/eval-{{cfg}}.log",
     shell:
         "{COALORA} evaluate --checkpoint {input.checkpoint} --qconfig {input.qconfig} "
-        "{params.flags} --out {output} 2> {log}"
+        "--label {wildcards.method} {params.flags} --out {output} 2> {log}"
 
 
 # Shared methods (one checkpoint serving every configuration) and the unadapted base ("none")
@@ -36,7 +36,7 @@ rule evaluate:
 # configuration costs only its quantization and adapter. One rule per experiment, since the
 # list of outputs depends on the experiment.
 for _exp in EXPERIMENTS:
-    _shared = [m for m in exp_conf(_exp)["methods"] if m not in PER_CONFIG]
+    _shared = [m for m in exp_methods(_exp) if not per_config(_exp, m)]
     _cfgs = all_cfgs(_exp)
 
     rule:
@@ -63,7 +63,7 @@ for _exp in EXPERIMENTS:
             f"{RESULTS}/logs/{_exp}/{{method}}/eval.log",
         shell:
             "{COALORA} evaluate --checkpoint {input.checkpoint} --qconfigs {input.qconfigs} "
-            "{params.flags} --out-dir {params.out_dir} 2> {log}"
+            "--label {wildcards.method} {params.flags} --out-dir {params.out_dir} 2> {log}"
 
     rule:
         name:

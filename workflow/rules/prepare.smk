@@ -21,11 +21,12 @@ rule cost_table:
         f"{RESULTS}/{{exp}}/cost_table.json",
     params:
         model=lambda w: exp_conf(w.exp)["model"],
+        quantizer=lambda w: quantizer_of(w.exp),
         extra=lambda w: cost_table_flags(w.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table.log",
     shell:
-        "{COALORA} cost-table --model {params.model} --quantizer {QUANTIZER} {params.extra} "
+        "{COALORA} cost-table --model {params.model} --quantizer {params.quantizer} {params.extra} "
         "--seed {SEED} --out {output[0]} 2> {log}"
 
 
@@ -38,12 +39,13 @@ rule cost_table_lowrank:
         f"{RESULTS}/{{exp}}/cost_table-lowrank.json",
     params:
         model=lambda w: exp_conf(w.exp)["model"],
+        quantizer=lambda w: quantizer_of(w.exp),
         extra=lambda w: cost_table_flags(w.exp),
         rank=lambda w: lora_rank(w.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table-lowrank.log",
     shell:
-        "{COALORA} cost-table --model {params.model} --quantizer {QUANTIZER} {params.extra} "
+        "{COALORA} cost-table --model {params.model} --quantizer {params.quantizer} {params.extra} "
         "--lowrank-rank {params.rank} --seed {SEED} --out {output[0]} 2> {log}"
 
 
@@ -60,6 +62,7 @@ for _exp in EXPERIMENTS:
             [f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in all_cfgs(_exp)],
         params:
             model=exp_conf(_exp)["model"],
+            quantizer=quantizer_of(_exp),
             budgets=" ".join(str(cfg_budget(cfg)) for cfg in all_cfgs(_exp)),
             names=" ".join(all_cfgs(_exp)),
             out_dir=f"{RESULTS}/{_exp}/qconfigs",
@@ -67,11 +70,11 @@ for _exp in EXPERIMENTS:
             f"{RESULTS}/logs/{_exp}/allocate.log",
         shell:
             "{COALORA} allocate --model {params.model} --budgets {params.budgets} "
-            "--names {params.names} --quantizer {QUANTIZER} --cost-table {input} "
+            "--names {params.names} --quantizer {params.quantizer} --cost-table {input} "
             "--out-dir {params.out_dir} 2> {log}"
 
     # Methods with their own allocation (LQ-LoRA): the budgets they train and evaluate on.
-    for _method in sorted(OWN_ALLOCATION & set(exp_conf(_exp)["methods"])):
+    for _method in sorted(OWN_ALLOCATION & {base_method(_exp, m) for m in exp_methods(_exp)}):
 
         rule:
             name:
@@ -82,6 +85,7 @@ for _exp in EXPERIMENTS:
                 [qconfig_path(_exp, _method, cfg) for cfg in cfgs_for(_exp, _method)],
             params:
                 model=exp_conf(_exp)["model"],
+                quantizer=quantizer_of(_exp),
                 budgets=" ".join(str(cfg_budget(cfg)) for cfg in cfgs_for(_exp, _method)),
                 names=" ".join(cfgs_for(_exp, _method)),
                 out_dir=qconfig_dir(_exp, _method),
@@ -90,5 +94,5 @@ for _exp in EXPERIMENTS:
                 f"{RESULTS}/logs/{_exp}/allocate-{_method}.log",
             shell:
                 "{COALORA} allocate --model {params.model} --budgets {params.budgets} "
-                "--names {params.names} --quantizer {QUANTIZER} --cost-table {input} "
+                "--names {params.names} --quantizer {params.quantizer} --cost-table {input} "
                 "--lowrank-rank {params.rank} --out-dir {params.out_dir} 2> {log}"

@@ -39,3 +39,79 @@ rule pareto_figure:
     shell:
         "{COALORA} report pareto --title {wildcards.exp} --out {output.png} --svg {output.svg} "
         "{input} 2> {log}"
+
+
+# The further tables (rank, search and quantizer ablations, seen vs unseen, the causal-LM
+# table, the paper comparison). A table with nothing to show is written with its header only.
+TABLES = ["rank", "search", "quantizer", "seen_unseen", "causal_lm", "paper"]
+
+
+rule tables:
+    input:
+        every_evaluation(),
+    output:
+        csv=[
+            report(f"{RESULTS}/tables/{t}.csv", caption="../report/tables.rst", category="Tables")
+            for t in TABLES
+        ],
+        md=[f"{RESULTS}/tables/{t}.md" for t in TABLES],
+    params:
+        reference=config.get("reference_method", "qlora"),
+        out_dir=f"{RESULTS}/tables",
+    log:
+        f"{RESULTS}/logs/tables.log",
+    shell:
+        "{COALORA} report tables --reference {params.reference} --out-dir {params.out_dir} "
+        "{input} 2> {log}"
+
+
+def search_variants(exp):
+    """CoA-LoRA labels of an experiment whose search mode is set (the search ablation)."""
+    return [
+        m
+        for m in exp_methods(exp)
+        if base_method(exp, m) == "coalora"
+        and "search_mode" in exp_conf(exp).get("variants", {}).get(m, {}).get("train", {})
+    ]
+
+
+def figure_outputs():
+    files = []
+    for exp in EXPERIMENTS:
+        kinds = ["pareto", "seen_unseen"] + (["search_ablation"] if search_variants(exp) else [])
+        files += [f"{RESULTS}/figures/{exp}_{k}.{ext}" for k in kinds for ext in ("png", "svg")]
+    return files
+
+
+rule seen_unseen_figure:
+    input:
+        lambda w: all_evaluations(w.exp),
+    output:
+        png=report(
+            f"{RESULTS}/figures/{{exp}}_seen_unseen.png",
+            caption="../report/seen_unseen.rst",
+            category="Figures",
+        ),
+        svg=f"{RESULTS}/figures/{{exp}}_seen_unseen.svg",
+    log:
+        f"{RESULTS}/logs/{{exp}}/figure-seen-unseen.log",
+    shell:
+        "{COALORA} report seen-unseen --title {wildcards.exp} --out {output.png} "
+        "--svg {output.svg} {input} 2> {log}"
+
+
+rule search_ablation_figure:
+    input:
+        lambda w: all_evaluations(w.exp),
+    output:
+        png=report(
+            f"{RESULTS}/figures/{{exp}}_search_ablation.png",
+            caption="../report/search_ablation.rst",
+            category="Figures",
+        ),
+        svg=f"{RESULTS}/figures/{{exp}}_search_ablation.svg",
+    log:
+        f"{RESULTS}/logs/{{exp}}/figure-search-ablation.log",
+    shell:
+        "{COALORA} report search-ablation --title {wildcards.exp} --out {output.png} "
+        "--svg {output.svg} {input} 2> {log}"

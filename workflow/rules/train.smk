@@ -2,8 +2,9 @@
 # methods. Every method goes through the same engine (coalora.train) and step budget.
 
 
-def method_budget_flags(exp, method):
+def method_budget_flags(exp, label):
     conf = exp_conf(exp)
+    method = base_method(exp, label)
     if method == "coalora" and conf.get("coalora_budgets"):
         return "--budgets " + ",".join(str(b) for b in conf["coalora_budgets"])
     if method == "shared-lora" and conf.get("shared_budgets"):
@@ -22,9 +23,11 @@ rule train:
     params:
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
-        steps=lambda w: exp_conf(w.exp)["steps"][w.method],
+        method=lambda w: base_method(w.exp, w.method),
+        steps=lambda w: steps_for(w.exp, w.method),
         budgets=lambda w: method_budget_flags(w.exp, w.method),
-        settings=lambda w: train_flags(w.exp),
+        quantizer=lambda w: quantizer_of(w.exp),
+        settings=lambda w: train_flags(w.exp, w.method),
         data=lambda w: data_flags(w.exp),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
@@ -34,9 +37,9 @@ rule train:
     log:
         f"{RESULTS}/logs/{{exp}}/{{method}}/train.log",
     shell:
-        "{COALORA} train --model {params.model} --task {params.task} --method {wildcards.method} "
+        "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} {params.budgets} {params.settings} {params.data} "
-        "--quantizer {QUANTIZER} --cost-table {input.costs} --out {output} 2> {log}"
+        "--quantizer {params.quantizer} --cost-table {input.costs} --out {output} 2> {log}"
 
 
 rule train_per_config:
@@ -50,8 +53,9 @@ rule train_per_config:
     params:
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
-        steps=lambda w: exp_conf(w.exp)["steps"][w.method],
-        settings=lambda w: train_flags(w.exp),
+        method=lambda w: base_method(w.exp, w.method),
+        steps=lambda w: steps_for(w.exp, w.method),
+        settings=lambda w: train_flags(w.exp, w.method),
         data=lambda w: data_flags(w.exp),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
@@ -61,6 +65,6 @@ rule train_per_config:
     log:
         f"{RESULTS}/logs/{{exp}}/{{method}}/train-{{cfg}}.log",
     shell:
-        "{COALORA} train --model {params.model} --task {params.task} --method {wildcards.method} "
+        "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} --qconfig {input.qconfig} {params.settings} {params.data} "
         "--out {output} 2> {log}"
