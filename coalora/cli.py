@@ -214,11 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="CSV to write")
     t.add_argument("--markdown", help="Markdown rendering to write")
     t.add_argument("--reference", default="qlora", help="method of the Acc. gap")
-    f = kinds.add_parser("pareto", help="metric vs average bits, one line per method")
-    f.add_argument("results", nargs="+", help="evaluation JSON files")
-    f.add_argument("--out", required=True, help="PNG to write")
-    f.add_argument("--svg", help="SVG to write too")
-    f.add_argument("--title", default="")
+    t = kinds.add_parser("tables", help="ablation, NF/INT, seen/unseen, causal-LM, paper tables")
+    t.add_argument("results", nargs="+", help="evaluation JSON files")
+    t.add_argument("--out-dir", required=True, help="folder for <table>.csv and <table>.md")
+    t.add_argument("--reference", default="qlora", help="method of the Acc. gap")
+    for kind, what in [
+        ("pareto", "metric vs average bits, one line per method"),
+        ("seen-unseen", "metric vs average bits, seen (filled) vs unseen (hollow) configurations"),
+        ("search-ablation", "metric vs average bits, one line per CoA-LoRA search mode"),
+    ]:
+        f = kinds.add_parser(kind, help=what)
+        f.add_argument("results", nargs="+", help="evaluation JSON files")
+        f.add_argument("--out", required=True, help="PNG to write")
+        f.add_argument("--svg", help="SVG to write too")
+        f.add_argument("--title", default="")
     p.set_defaults(func=_cmd_report)
     return parser
 

@@ -1,26 +1,67 @@
 """Tables and figures from evaluation results (one JSON per evaluation; nothing else is read).
 
-Main table (``table1``), one row per (task, method):
+Every table works on *experiment groups*: the results of one (model, task, quantizer).
+A full-precision row (quantizer ``none``, config ``full-precision``) belongs to its
+(model, task) group under every quantizer present, as method ``full-precision`` (not mixed
+into the quantized base ``none``). Methods are the records' ``method``
+labels (``coalora``, or an ablation variant such as ``coalora-r32``); ``trained_method``,
+``r`` and ``search_mode`` come from ``protocol.trained_method`` / ``protocol.train_settings``
+(absent for the unadapted base ``none``; older records fall back to the label).
+
+Shared definitions (every table uses the same helper, so numbers agree across tables):
 
 - ``hv``: hypervolume of the method's (avg_bits, metric) points. Both objectives are
   minimised after a transform: bits as they are, and ``1 - metric`` for metrics in [0, 1]
   where higher is better (accuracy, F1), or the metric itself where lower is better
   (perplexity). The area is normalised by the box between the ideal point
   ``(MIN_BITS, 0)`` and the reference point ``(MAX_BITS, 1)`` for [0, 1] metrics, or
-  ``(MAX_BITS, 1.1 * worst value of the task over all methods)`` for lower-is-better metrics
-  (so perplexity HVs compare methods within one task, not across tasks). MIN_BITS = 2.032 and
-  MAX_BITS = 8.625 are the extremes of the configuration space.
+  ``(MAX_BITS, 1.1 * worst value of the group over all methods)`` for lower-is-better metrics
+  (so perplexity HVs compare methods within one group, not across groups). MIN_BITS ~ 2.032 and
+  MAX_BITS = 8.625 are the extremes of the configuration space; the full-precision row
+  (32 bits) lies outside the box and adds nothing.
 - ``acc_gap``: mean difference to the reference method (QLoRA) over the configurations both
   evaluated (matched by configuration name), in percentage points for [0, 1] metrics
   (method - reference) and in metric units for lower-is-better ones (reference - method), so
   a positive gap always means better than the reference.
+- ``mean_metric``: mean primary metric over the method's evaluations; ``n_configs``: their count.
 - ``train_seconds`` / ``train_steps``: total fine-tuning wall seconds and optimizer steps over
   the method's distinct checkpoints (one per configuration for per-configuration methods).
-- ``solutions``: configurations the method can serve: one per run for per-configuration
-  methods, 1 for a shared adapter, ``any`` for CoA-LoRA.
+- *unseen*: a configuration outside the method's final training set: ``seen`` is false, or
+  ``seen`` is null (the base ``none``) and the configuration name starts with ``u`` (the
+  workflow's unseen budgets, which no method trains on). Every other quantized row is *seen*.
+
+Tables:
+
+- ``summary_table`` (table1), per group and method: model, task, quantizer, method, metric,
+  n_configs, hv, acc_gap, mean_metric, train_seconds, train_steps, solutions (configurations
+  served: one per run for per-configuration methods, 1 for a shared adapter, ``any`` for
+  CoA-LoRA, ``n/a`` for ``none``).
+- ``rank_table``: the LoRA-rank ablation. For each group and trained method evaluated at two
+  or more ranks, one row per (method label, r): hv, acc_gap, mean_metric, train_seconds,
+  n_configs (hv as in table1).
+- ``search_table``: the search ablation. For groups where CoA-LoRA runs differ in
+  ``search_mode`` (full / frozen / random), one row per (label, mode): hv, acc_gap,
+  mean_metric, mean_metric_unseen (mean over the unseen configurations), train_seconds.
+- ``quantizer_table``: NF vs INT for (model, task) pairs evaluated under both, one row per
+  method: hv_nf, hv_int, acc_gap_nf, acc_gap_int, mean_metric_nf, mean_metric_int. For
+  lower-is-better metrics both HVs use the worst value over both quantizers (so they compare
+  with each other, and may differ from table1's).
+- ``seen_unseen_table``: per group and method that has unseen configurations (not the
+  per-configuration ones): n_seen, n_unseen, mean_seen, mean_unseen, diff = unseen - seen (in
+  ``unit``: ``pp`` for [0, 1] metrics, else the metric's name). The full-precision row is left
+  out.
+- ``causal_lm_table``: groups with a lower-is-better primary metric (perplexity), one row per
+  evaluation: model, task, quantizer, method, config_name, avg_bits, seen and every metric
+  (perplexity, lm-eval accuracies), sorted by method then bits.
+- ``paper_table``: the paper's main table (``PAPER_TABLE1``, RoBERTa-large on GLUE, the
+  paper's own numbers, not ours) beside our table1 numbers for the same four methods, per
+  group: paper_<task> cells "HV / gap / minutes", our_hv, our_acc_gap, our_train_minutes (empty
+  where we did not run the method) and ``scale`` (the paper's setting against ours).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -32,11 +73,132 @@ REFERENCE_METHOD = "qlora"
 ANY_CONFIGURATION = {"coalora"}
 SHARED_ADAPTER = {"shared-lora"}
 # Rows that are references, not trained methods (no adapter or no quantization).
-REFERENCE_ROWS = {"none", "full-precision"}
+FULL_PRECISION = "full-precision"
+REFERENCE_ROWS = {"none", FULL_PRECISION}
+GROUP_KEYS = ["model", "task", "quantizer"]
+
+# The paper's reported main table (METHOD.md section 8): RoBERTa-large on GLUE, six evaluated
+# configurations; per task (HV, Acc. gap vs QLoRA in points or None, fine-tuning minutes).
+# These are the PAPER's numbers, quoted for comparison; nothing here is measured by us.
+PAPER_TABLE1 = {
+    "QLoRA": {
+        "QNLI": (0.58, None, 119),
+        "MNLI": (0.54, None, 208),
+        "SST-2": (0.63, None, 97),
+        "QQP": (0.54, None, 189),
+    },
+    "LQ-LoRA": {
+        "QNLI": (0.59, 2.81, 108),
+        "MNLI": (0.57, 8.13, 183),
+        "SST-2": (0.64, 1.54, 91),
+        "QQP": (0.54, 0.47, 172),
+    },
+    "Shared-LoRA": {
+        "QNLI": (0.60, 2.90, 21),
+        "MNLI": (0.57, 8.11, 35),
+        "SST-2": (0.61, -5.06, 19),
+        "QQP": (0.53, -1.18, 32),
+    },
+    "CoA-LoRA": {
+        "QNLI": (0.62, 4.34, 57),
+        "MNLI": (0.59, 8.89, 91),
+        "SST-2": (0.67, 1.74, 52),
+        "QQP": (0.60, 7.87, 88),
+    },
+}
+PAPER_NAMES = {
+    "qlora": "QLoRA",
+    "lqlora": "LQ-LoRA",
+    "shared-lora": "Shared-LoRA",
+    "coalora": "CoA-LoRA",
+}
+PAPER_SCALE = (
+    "paper: RoBERTa-large (355M) on GLUE, 6 evaluated configurations, "
+    "10 epochs per run (thousands of steps) on GPU"
+)
 
 
-def _unit_metric(row) -> bool:
-    return bool(row["higher_is_better"])
+# --- shared grouping and statistics --------------------------------------------------------
+
+
+def _prepare(results: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``value`` (the primary metric), ``trained_method``, ``r``, ``search_mode``
+    and ``unseen`` columns."""
+    df = results.copy()
+    df["value"] = [float(row[f"metrics.{row['primary_metric']}"]) for _, row in df.iterrows()]
+    protocols = df["protocol"] if "protocol" in df else pd.Series([{}] * len(df), index=df.index)
+    protocols = protocols.map(lambda p: p if isinstance(p, dict) else {})
+    settings = protocols.map(lambda p: p.get("train_settings") or {})
+    df["trained_method"] = [
+        p.get("trained_method", method) for p, method in zip(protocols, df["method"], strict=True)
+    ]
+    df["r"] = settings.map(lambda s: s.get("r")).astype("Float64")
+    df["search_mode"] = settings.map(lambda s: s.get("search_mode"))
+    df.loc[df["quantizer"].eq("none") & df["method"].eq("none"), "method"] = FULL_PRECISION
+    seen = df["seen"] if "seen" in df else pd.Series([None] * len(df), index=df.index)
+    df["unseen"] = seen.eq(False) | (seen.isna() & df["config_name"].str.startswith("u"))
+    return df
+
+
+@dataclass
+class Group:
+    """The results of one (model, task, quantizer), full-precision rows included."""
+
+    model: str
+    task: str
+    quantizer: str
+    rows: pd.DataFrame
+    reference: str = REFERENCE_METHOD
+
+    @property
+    def key(self) -> dict:
+        return {"model": self.model, "task": self.task, "quantizer": self.quantizer}
+
+    @property
+    def metric(self) -> str:
+        return str(self.rows["primary_metric"].iloc[0])
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.rows["higher_is_better"].iloc[0])
+
+    @property
+    def worst(self) -> float:
+        return float(self.rows["value"].max())
+
+    def methods(self):
+        """(label, rows) per method label, sorted by label."""
+        return self.rows.groupby("method", sort=True)
+
+    def stats(self, rows: pd.DataFrame, worst: float | None = None) -> dict:
+        """The shared columns for some of this group's rows (one method label)."""
+        per_ckpt = rows.drop_duplicates("hashes.checkpoint")
+        reference = self.rows[self.rows["method"] == self.reference][["config_name", "value"]]
+        is_reference = bool(rows["method"].eq(self.reference).all())
+        return {
+            "n_configs": len(rows),
+            "hv": method_hypervolume(rows, self.worst if worst is None else worst),
+            "acc_gap": float("nan") if is_reference else _gap(rows, reference),
+            "mean_metric": float(rows["value"].mean()),
+            "train_seconds": float(per_ckpt["train_seconds"].fillna(0).sum()),
+            "train_steps": int(per_ckpt["train_steps"].fillna(0).sum()),
+        }
+
+
+def experiment_groups(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> list[Group]:
+    """Split a results frame into (model, task, quantizer) groups, sorted by key; the
+    full-precision rows of a (model, task) join each of its quantized groups."""
+    df = _prepare(results)
+    groups = []
+    for (model, task), pair in df.groupby(["model", "task"], sort=True):
+        full = pair[pair["quantizer"] == "none"]
+        quantizers = sorted(set(pair["quantizer"]) - {"none"}) or ["none"]
+        for quantizer in quantizers:
+            rows = pair[pair["quantizer"] == quantizer]
+            if quantizer != "none":
+                rows = pd.concat([rows, full])
+            groups.append(Group(model, task, quantizer, rows, reference))
+    return groups
 
 
 def method_hypervolume(points: pd.DataFrame, worst: float | None = None) -> float:
@@ -60,49 +222,301 @@ def _gap(method_rows: pd.DataFrame, reference_rows: pd.DataFrame) -> float:
     return float(diff.mean() * 100 if higher else -diff.mean())
 
 
+def _solutions(trained_method: str, rows: pd.DataFrame) -> str:
+    if trained_method in ANY_CONFIGURATION:
+        return "any"
+    if trained_method in REFERENCE_ROWS:
+        return "n/a"
+    if trained_method in SHARED_ADAPTER:
+        return "1"
+    return str(rows["hashes.checkpoint"].nunique(dropna=False))
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """A table with exactly ``columns`` (also when there are no rows)."""
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --- tables --------------------------------------------------------------------------------
+
+TABLE1_COLUMNS = [
+    *GROUP_KEYS,
+    "method",
+    "metric",
+    "n_configs",
+    "hv",
+    "acc_gap",
+    "mean_metric",
+    "train_seconds",
+    "train_steps",
+    "solutions",
+]
+
+
 def summary_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
     """The main comparison table from a results frame (``coalora.evaluate.results.read_results``).
 
-    ``results`` needs columns: task, method, config_name, avg_bits, primary_metric,
-    higher_is_better, metrics.<name>, train_seconds, train_steps, checkpoint hash.
+    ``results`` needs columns: model, task, quantizer, method, config_name, avg_bits,
+    primary_metric, higher_is_better, metrics.<name>, train_seconds, train_steps, checkpoint
+    hash (``protocol`` and ``seen`` are optional).
     """
-    df = results.copy()
-    df["value"] = [row[f"metrics.{row['primary_metric']}"] for _, row in df.iterrows()]
     rows = []
-    for task, task_rows in df.groupby("task", sort=True):
-        worst = float(task_rows["value"].max())
-        ref_rows = task_rows[task_rows["method"] == reference][["config_name", "value"]]
-        for method, m in task_rows.groupby("method", sort=True):
-            per_ckpt = m.drop_duplicates("hashes.checkpoint")
-            if method in ANY_CONFIGURATION:
-                solutions = "any"
-            elif method in REFERENCE_ROWS:
-                solutions = "n/a"
-            elif method in SHARED_ADAPTER:
-                solutions = "1"
-            else:
-                solutions = str(len(per_ckpt))
+    for group in experiment_groups(results, reference):
+        for method, m in group.methods():
+            stats = group.stats(m)
+            solutions = _solutions(m["trained_method"].iloc[0], m)
             rows.append(
                 {
-                    "task": task,
+                    **group.key,
                     "method": method,
-                    "metric": m["primary_metric"].iloc[0],
-                    "n_configs": len(m),
-                    "hv": method_hypervolume(m, worst),
-                    "acc_gap": float("nan") if method == reference else _gap(m, ref_rows),
-                    "mean_metric": float(m["value"].mean()),
-                    "train_seconds": float(per_ckpt["train_seconds"].fillna(0).sum()),
-                    "train_steps": int(per_ckpt["train_steps"].fillna(0).sum()),
+                    "metric": group.metric,
+                    **stats,
                     "solutions": solutions,
                 }
             )
-    return pd.DataFrame(rows)
+    return _frame(rows, TABLE1_COLUMNS)
 
 
-def to_markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A GitHub Markdown rendering (no extra dependency)."""
+RANK_COLUMNS = [
+    *GROUP_KEYS,
+    "trained_method",
+    "method",
+    "r",
+    "hv",
+    "acc_gap",
+    "mean_metric",
+    "train_seconds",
+    "n_configs",
+]
+
+
+def rank_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """LoRA-rank ablation: trained methods evaluated at >= 2 ranks, one row per (label, r)."""
+    rows = []
+    for group in experiment_groups(results, reference):
+        ranked = group.rows.dropna(subset=["r"])
+        for trained, t in ranked.groupby("trained_method", sort=True):
+            if t["r"].nunique() < 2:
+                continue
+            for (method, r), m in t.groupby(["method", "r"], sort=True):
+                stats = group.stats(m)
+                rows.append(
+                    {**group.key, "trained_method": trained, "method": method, "r": int(r), **stats}
+                )
+    return _frame(rows, RANK_COLUMNS)
+
+
+SEARCH_COLUMNS = [
+    *GROUP_KEYS,
+    "method",
+    "search_mode",
+    "hv",
+    "acc_gap",
+    "mean_metric",
+    "mean_metric_unseen",
+    "train_seconds",
+    "n_configs",
+]
+
+
+def _search_rows(group: Group) -> pd.DataFrame:
+    """The group's CoA-LoRA rows if their search modes differ, else an empty frame."""
+    coalora = group.rows[group.rows["trained_method"].isin(ANY_CONFIGURATION)]
+    coalora = coalora.dropna(subset=["search_mode"])
+    return coalora if coalora["search_mode"].nunique() >= 2 else coalora.iloc[0:0]
+
+
+def search_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """Search ablation: CoA-LoRA labels of a group with differing ``search_mode``."""
+    rows = []
+    for group in experiment_groups(results, reference):
+        for (method, mode), m in _search_rows(group).groupby(["method", "search_mode"], sort=True):
+            unseen = m.loc[m["unseen"], "value"]
+            stats = group.stats(m)
+            rows.append(
+                {
+                    **group.key,
+                    "method": method,
+                    "search_mode": mode,
+                    **stats,
+                    "mean_metric_unseen": float(unseen.mean()) if len(unseen) else float("nan"),
+                }
+            )
+    return _frame(rows, SEARCH_COLUMNS)
+
+
+QUANTIZER_COLUMNS = [
+    "model",
+    "task",
+    "method",
+    "metric",
+    "hv_nf",
+    "hv_int",
+    "acc_gap_nf",
+    "acc_gap_int",
+    "mean_metric_nf",
+    "mean_metric_int",
+]
+
+
+def quantizer_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """NF vs INT, for (model, task) pairs evaluated under both quantizers."""
+    by_pair: dict[tuple, dict[str, Group]] = {}
+    for group in experiment_groups(results, reference):
+        by_pair.setdefault((group.model, group.task), {})[group.quantizer] = group
+    rows = []
+    for (model, task), groups in sorted(by_pair.items()):
+        if not {"nf", "int"} <= set(groups):
+            continue
+        worst = max(groups["nf"].worst, groups["int"].worst)
+        labels = sorted(set(groups["nf"].rows["method"]) | set(groups["int"].rows["method"]))
+        for method in labels:
+            row = {"model": model, "task": task, "method": method, "metric": groups["nf"].metric}
+            for q in ("nf", "int"):
+                m = groups[q].rows[groups[q].rows["method"] == method]
+                stats = groups[q].stats(m, worst) if len(m) else {}
+                for name in ("hv", "acc_gap", "mean_metric"):
+                    row[f"{name}_{q}"] = stats.get(name, float("nan"))
+            rows.append(row)
+    return _frame(rows, QUANTIZER_COLUMNS)
+
+
+SEEN_UNSEEN_COLUMNS = [
+    *GROUP_KEYS,
+    "method",
+    "metric",
+    "n_seen",
+    "n_unseen",
+    "mean_seen",
+    "mean_unseen",
+    "diff",
+    "unit",
+]
+
+
+def _quantized(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["quantizer"] != "none"]
+
+
+def seen_unseen_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Seen vs unseen configurations, per method that has unseen ones."""
+    rows = []
+    for group in experiment_groups(results):
+        scale = 100.0 if group.higher_is_better else 1.0
+        for method, m in _quantized(group.rows).groupby("method", sort=True):
+            if not m["unseen"].any():
+                continue
+            seen, unseen = m.loc[~m["unseen"], "value"], m.loc[m["unseen"], "value"]
+            mean_seen = float(seen.mean()) if len(seen) else float("nan")
+            mean_unseen = float(unseen.mean())
+            rows.append(
+                {
+                    **group.key,
+                    "method": method,
+                    "metric": group.metric,
+                    "n_seen": len(seen),
+                    "n_unseen": len(unseen),
+                    "mean_seen": mean_seen,
+                    "mean_unseen": mean_unseen,
+                    "diff": (mean_unseen - mean_seen) * scale,
+                    "unit": "pp" if group.higher_is_better else group.metric,
+                }
+            )
+    return _frame(rows, SEEN_UNSEEN_COLUMNS)
+
+
+CAUSAL_COLUMNS = [*GROUP_KEYS, "method", "config_name", "avg_bits", "seen"]
+
+
+def causal_lm_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Every evaluation of a lower-is-better (perplexity) group with all its metrics."""
+    df = _prepare(results)
+    df = df[~df["higher_is_better"].astype(bool)]
+    metrics = [c for c in results.columns if c.startswith("metrics.") and df[c].notna().any()]
+    table = df.sort_values([*GROUP_KEYS, "method", "avg_bits", "config_name"])
+    table = table[CAUSAL_COLUMNS + metrics].rename(columns=lambda c: c.removeprefix("metrics."))
+    return table.reset_index(drop=True)
+
+
+def _paper_cell(hv: float, gap: float | None, minutes: float) -> str:
+    return f"{hv:.2f} / {'-' if gap is None else f'{gap:+.2f}'} / {minutes:g}m"
+
+
+def _our_scale(group: Group) -> str:
+    configs = _quantized(group.rows)["config_name"].nunique()
+    steps = group.rows.drop_duplicates("hashes.checkpoint")["train_steps"].dropna().astype(int)
+    steps_text = (
+        "no"
+        if steps.empty
+        else f"{steps.min()}" + (f"-{steps.max()}" if steps.max() != steps.min() else "")
+    )
+    return (
+        f"{PAPER_SCALE}; ours: {group.model} on {group.task} ({group.quantizer}), "
+        f"{configs} evaluated configurations, {steps_text} optimizer steps per run"
+    )
+
+
+PAPER_COLUMNS = [
+    *GROUP_KEYS,
+    "method",
+    *(f"paper_{task}" for task in PAPER_TABLE1["CoA-LoRA"]),
+    "our_hv",
+    "our_acc_gap",
+    "our_train_minutes",
+    "scale",
+]
+
+
+def paper_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """The paper's reported main table beside ours, per group and paper method."""
+    ours = summary_table(results, reference).set_index([*GROUP_KEYS, "method"])
+    rows = []
+    for group in experiment_groups(results, reference):
+        scale = _our_scale(group)
+        for registry, name in PAPER_NAMES.items():
+            paper = {f"paper_{t}": _paper_cell(*cell) for t, cell in PAPER_TABLE1[name].items()}
+            key = (*group.key.values(), registry)
+            mine = ours.loc[key] if key in ours.index else None
+            rows.append(
+                {
+                    **group.key,
+                    "method": name,
+                    **paper,
+                    "our_hv": float("nan") if mine is None else mine["hv"],
+                    "our_acc_gap": float("nan") if mine is None else mine["acc_gap"],
+                    "our_train_minutes": (
+                        float("nan") if mine is None else mine["train_seconds"] / 60.0
+                    ),
+                    "scale": scale,
+                }
+            )
+    return _frame(rows, PAPER_COLUMNS)
+
+
+# name -> (table(results, reference), why it can be empty): `coalora report tables` outputs.
+TABLES = {
+    "rank": (rank_table, "no trained method was evaluated at two or more LoRA ranks"),
+    "search": (search_table, "no CoA-LoRA runs with different search modes"),
+    "quantizer": (quantizer_table, "no (model, task) was evaluated under both nf and int"),
+    "seen_unseen": (
+        lambda results, reference: seen_unseen_table(results),
+        "no method was evaluated on unseen configurations",
+    ),
+    "causal_lm": (
+        lambda results, reference: causal_lm_table(results),
+        "no lower-is-better (perplexity) task",
+    ),
+    "paper": (paper_table, "no results"),
+}
+
+
+def to_markdown(table: pd.DataFrame, floatfmt: str = ".4f", empty: str = "") -> str:
+    """A GitHub Markdown rendering (no extra dependency); ``empty`` explains a table with no
+    rows, printed under the header."""
 
     def cell(value) -> str:
+        if value is None or value is pd.NA:
+            return ""
         if isinstance(value, float):
             return "" if np.isnan(value) else format(value, floatfmt)
         return str(value)
@@ -110,20 +524,26 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
+    note = [f"\n(no data: {empty})"] if table.empty and empty else []
+    return "\n".join([header, rule, *body, *note]) + "\n"
 
 
 # --- figures ------------------------------------------------------------------------------
 
 
-def pareto_figure(results: pd.DataFrame, title: str = ""):
-    """Primary metric vs average bits, one line per method (sorted by bits); hollow markers
-    for configurations that are unseen (``seen`` is False)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def pareto_figure(results: pd.DataFrame, title: str = ""):
+    """Primary metric vs average bits, one line per method (sorted by bits); hollow markers
+    for configurations that are unseen (``seen`` is False)."""
+    plt = _pyplot()
     df = results.copy()
     df["value"] = [row[f"metrics.{row['primary_metric']}"] for _, row in df.iterrows()]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -148,24 +568,131 @@ def pareto_figure(results: pd.DataFrame, title: str = ""):
     return fig
 
 
-def report_from_cli(args) -> None:
-    from .evaluate.results import read_results
+def _plot_method(ax, rows: pd.DataFrame, label: str, **line_style) -> None:
+    """One method's line; filled markers for seen configurations, hollow for unseen."""
+    rows = _quantized(rows).sort_values("avg_bits")
+    line = ax.plot(rows["avg_bits"], rows["value"], label=label, alpha=0.8, **line_style)[0]
+    color = line.get_color()
+    seen, unseen = rows[~rows["unseen"]], rows[rows["unseen"]]
+    ax.scatter(seen["avg_bits"], seen["value"], color=color, zorder=3)
+    ax.scatter(unseen["avg_bits"], unseen["value"], facecolors="white", edgecolors=color, zorder=3)
+
+
+# One panel per group: the group and its lines (legend label, rows, line style).
+Panel = tuple[Group, list[tuple[str, pd.DataFrame, dict]]]
+
+
+def _group_figure(panels: list[Panel], title: str, empty: str):
+    """One axes per group, or (no panels) one empty axes with a centred ``no data`` note."""
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(6.4 * n, 4.4), dpi=120, squeeze=False)
+    if not panels:
+        ax = axes[0][0]
+        ax.text(0.5, 0.5, f"no data: {empty}", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title)
+    markers = [
+        Line2D([], [], ls="", marker="o", color="gray", label="seen (filled)"),
+        Line2D([], [], ls="", marker="o", mfc="white", color="gray", label="unseen (hollow)"),
+    ]
+    for ax, (group, lines) in zip(axes[0], panels, strict=False):
+        for label, rows, style in lines:
+            _plot_method(ax, rows, label, **style)
+        full = group.rows[group.rows["quantizer"] == "none"]
+        if len(full):
+            ax.axhline(full["value"].mean(), color="black", ls=":", lw=1, label="full precision")
+        lower = "" if group.higher_is_better else " (lower is better)"
+        ax.set_xlabel("average bits per parameter")
+        ax.set_ylabel(group.metric + lower)
+        ax.set_title(f"{title} {group.model} / {group.task} / {group.quantizer}".strip())
+        ax.grid(alpha=0.3)
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + markers, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def seen_unseen_figure(results: pd.DataFrame, title: str = ""):
+    """Metric vs bits for the methods evaluated on unseen configurations (and ``none``):
+    filled markers seen, hollow unseen."""
+    panels = []
+    for group in experiment_groups(results):
+        q = _quantized(group.rows)
+        methods = set(q.loc[q["unseen"], "method"]) - {"none"}
+        if methods:
+            shown = q[q["method"].isin(methods | {"none"})]
+            panels.append((group, [(m, rows, {}) for m, rows in shown.groupby("method")]))
+    return _group_figure(panels, title, TABLES["seen_unseen"][1])
+
+
+def search_ablation_figure(results: pd.DataFrame, title: str = ""):
+    """Metric vs bits, one line per CoA-LoRA label with differing search modes; QLoRA and the
+    unadapted base (dashed) as references when present."""
+    panels = []
+    for group in experiment_groups(results):
+        search = _search_rows(group).groupby(["method", "search_mode"], sort=True)
+        lines = [(f"{method} ({mode})", rows, {}) for (method, mode), rows in search]
+        for method, color in ((REFERENCE_METHOD, "black"), ("none", "gray")):
+            rows = group.rows[group.rows["method"] == method]
+            if lines and len(rows):
+                lines.append((method, rows, {"ls": "--", "color": color}))
+        if lines:
+            panels.append((group, lines))
+    return _group_figure(panels, title, TABLES["search"][1])
+
+
+FIGURES = {
+    "pareto": pareto_figure,
+    "seen-unseen": seen_unseen_figure,
+    "search-ablation": search_ablation_figure,
+}
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def _write_table(table: pd.DataFrame, csv_path, md_path=None, empty: str = "") -> None:
     from .io import atomic_path
 
+    with atomic_path(csv_path, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    if md_path:
+        with atomic_path(md_path, suffix=".md") as tmp:
+            tmp.write_text(to_markdown(table, empty=empty))
+
+
+def _write_figure(fig, png, svg=None) -> None:
+    from .io import atomic_path
+
+    with atomic_path(png, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    if svg:
+        with atomic_path(svg, suffix=".svg") as tmp:
+            fig.savefig(tmp, format="svg")
+    _pyplot().close(fig)
+
+
+def report_from_cli(args) -> None:
+    from pathlib import Path
+
+    from .evaluate.results import read_results
+
     results = read_results(args.results)
+    if not len(results):
+        raise ValueError("no evaluation results given")
     if args.report == "table1":
         table = summary_table(results, reference=args.reference)
-        with atomic_path(args.out, suffix=".csv") as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
-        if args.markdown:
-            with atomic_path(args.markdown, suffix=".md") as tmp:
-                tmp.write_text(to_markdown(table))
+        _write_table(table, args.out, args.markdown)
         print(f"wrote {args.out}: {len(table)} rows")
-    elif args.report == "pareto":
-        fig = pareto_figure(results, args.title)
-        with atomic_path(args.out, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
-        if args.svg:
-            with atomic_path(args.svg, suffix=".svg") as tmp:
-                fig.savefig(tmp, format="svg")
+    elif args.report == "tables":
+        out = Path(args.out_dir)
+        for name, (function, empty) in TABLES.items():
+            table = function(results, args.reference)
+            _write_table(table, out / f"{name}.csv", out / f"{name}.md", empty)
+            print(f"wrote {out / name}.csv/.md: {len(table)} rows")
+    else:
+        _write_figure(FIGURES[args.report](results, args.title), args.out, args.svg)
         print(f"wrote {args.out}")
