@@ -79,6 +79,13 @@ safe_base() {
     log "$BASE is not owned by root; refusing"; return 1
   fi
   mkdir -p "$BASE"
+  # munged refuses a socket below a directory that others cannot traverse (e.g. pytest's tmp)
+  local d
+  d=$(cd "$BASE/.." && pwd)
+  while [ "$d" != / ]; do
+    [ "$(($(stat -c %#a "$d") & 1))" = 1 ] || { log "$d is not traversable by all (munged needs it); set SLURM_LOCAL_DIR elsewhere"; return 1; }
+    d=$(dirname "$d")
+  done
 }
 
 write_conf() {

@@ -13,9 +13,11 @@ from `squeue`, as profiles/slurm sets; see scripts/slurm-local.sh and README.md.
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,7 +41,7 @@ def sh(*cmd, check=True, **kw):
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster():
     """A running local cluster: reuses one that is up (same SLURM_LOCAL_DIR), else starts
     one and stops every daemon it started at the end."""
     if os.environ.get("COALORA_SLURM") != "1":
@@ -52,19 +54,23 @@ def slurm_cluster(tmp_path_factory):
     if reason.returncode != 0:
         pytest.skip(f"no local SLURM cluster: {reason.stdout.strip()}")
     env = dict(os.environ)
-    env.setdefault("SLURM_LOCAL_DIR", str(tmp_path_factory.mktemp("slurm-local")))
+    made_dir = "SLURM_LOCAL_DIR" not in env
+    if made_dir:  # not under pytest's tmp: munged needs every parent of its socket traversable
+        env["SLURM_LOCAL_DIR"] = tempfile.mkdtemp(prefix="coalora-slurm.")
     started = sh("bash", str(SCRIPT), "status", check=False, env=env).returncode != 0
-    if started:
-        t0 = time.monotonic()
-        proc = sh("bash", str(SCRIPT), "start", check=False, env=env)
-        assert proc.returncode == 0, f"cluster did not start:\n{proc.stderr[-3000:]}"
-        print(f"local SLURM cluster started in {time.monotonic() - t0:.1f}s")
     try:
+        if started:
+            t0 = time.monotonic()
+            proc = sh("bash", str(SCRIPT), "start", check=False, env=env)
+            assert proc.returncode == 0, f"cluster did not start:\n{proc.stderr[-3000:]}"
+            print(f"local SLURM cluster started in {time.monotonic() - t0:.1f}s")
         partition = sh("sinfo", "-h", "-o", "%P").stdout.split()[0].rstrip("*")
         yield {"partition": partition}
     finally:
         if started:
             sh("bash", str(SCRIPT), "stop", check=False, env=env)
+        if made_dir:
+            shutil.rmtree(env["SLURM_LOCAL_DIR"], ignore_errors=True)
 
 
 def snakemake_cmd(workdir, *args):
