@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/snakemake --cores all results/table1.csv
+	$(VENV)/bin/snakemake --cores all
 
 test: install
 	$(PY) -m pytest -q

@@ -1,11 +1,15 @@
 """The Snakemake DAG: dry runs of the presets, schema errors, the CI preset end to end,
-and reruns that rebuild only what depends on a deleted file."""
+reruns that rebuild only what depends on a deleted file, and a run killed midway that
+finishes with the same tables when started again."""
 
 import csv
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,9 +95,27 @@ def test_schema_rejects_unknown_experiment_key(tmp_path):
     assert proc.returncode != 0 and "'max_trian' was unexpected" in proc.stdout + proc.stderr
 
 
+# Columns of the tables that are measured times, so differ between two runs.
+TIME_COLUMNS = {"train_seconds"}
+
+
+def read_table(path):
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    """The CI preset run once, uninterrupted (shared by the tests below)."""
+    workdir = tmp_path_factory.mktemp("ci-run")
+    snakemake(workdir, "--cores", "2", "--configfile", preset("ci.yaml"))
+    return workdir
+
+
 @pytest.mark.slow
-def test_ci_preset_end_to_end_and_partial_rerun(tmp_path):
-    snakemake(tmp_path, "--cores", "2", "--configfile", preset("ci.yaml"))
+def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
+    tmp_path = ci_run
     results = tmp_path / "results-ci"
     with open(results / "table1.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -119,9 +141,51 @@ def test_ci_preset_end_to_end_and_partial_rerun(tmp_path):
     assert counts == {"evaluate": 1, "total": 1}
     snakemake(tmp_path, target, *args)
     counts = job_counts(snakemake(tmp_path, "-n", *args).stdout)
-    assert counts == {"table1": 1, "pareto_figure": 1, "all": 1, "total": 3}
+    assert counts == {
+        "table1": 1, "tables": 1, "pareto_figure": 1, "seen_unseen_figure": 1,
+        "search_ablation_figure": 1, "all": 1, "total": 6,
+    }  # fmt: skip
     snakemake(tmp_path, *args)
-    with open(results / "table1.csv") as handle:
-        again = list(csv.DictReader(handle))
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rs]  # noqa: E731
-    assert strip(again) == strip(rows)
+    assert read_table(results / "table1.csv") == [
+        {k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows
+    ]
+
+
+@pytest.mark.slow
+def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_path):
+    """SIGKILL the whole run (Snakemake and its jobs) once the first evaluation is written,
+    while other jobs are midway; no output it left may be half-written, and the run started
+    again (--rerun-incomplete, as the profiles set) gives the uninterrupted run's tables."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path)]
+    args = ["--cores", "2", "--configfile", preset("ci.yaml")]
+    proc = subprocess.Popen(
+        [*cmd, *args], cwd=tmp_path, env=ENV, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    results = tmp_path / "results-ci"
+    deadline = time.monotonic() + 600
+    try:
+        while not list(results.glob("*/*/eval/*.json")):
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no evaluation written in 10 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (results / "table1.csv").exists()
+
+    # Whatever a killed job left is either complete or not in place: every result parses
+    # (the strict reader) and every checkpoint directory has its manifest.
+    from coalora.evaluate.results import read_result
+
+    for path in results.glob("*/*/eval/*.json"):
+        read_result(path)
+    for ckpt in results.glob("**/checkpoint"):
+        assert json.loads((ckpt / "manifest.json").read_text())["steps"] > 0
+
+    # A hard kill leaves Snakemake's lock behind: --unlock, then run again.
+    snakemake(tmp_path, "--unlock", *args)
+    snakemake(tmp_path, *args, "--rerun-incomplete")
+    for table in ["table1.csv", *(f"tables/{t}.csv" for t in ("rank", "search", "seen_unseen"))]:
+        assert read_table(results / table) == read_table(ci_run / "results-ci" / table), table
+    assert not list(results.rglob("*.tmp"))
