@@ -264,10 +264,12 @@ def _solve_subset(
             if result.x is None:
                 log.warning("ILP for budget %s: no solution within its limits", budget)
                 return None
+            # HiGHS reports its node limit as "Solution limit reached".
+            limit = "time limit" if "Time limit" in str(result.message) else "node limit"
             log.warning(
-                "ILP for budget %s stopped at a limit (%s), %.2g from optimal (relative)",
+                "ILP for budget %s stopped at its %s, %.2g from optimal (relative)",
                 budget,
-                result.message,
+                limit,
                 getattr(result, "mip_gap", float("nan")),
             )
         elif result.status != 0 or result.x is None:
