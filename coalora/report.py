@@ -12,16 +12,18 @@ Shared definitions (every table uses the same helper, so numbers agree across ta
 
 - ``hv``: hypervolume of the method's (avg_bits, metric) points. Both objectives are
   minimised after a transform: bits as they are, and ``1 - metric`` for metrics in [0, 1]
-  where higher is better (accuracy, F1), or the metric itself where lower is better
-  (perplexity). The area is normalised by the box between the ideal point
-  ``(MIN_BITS, 0)`` and the reference point ``(MAX_BITS, 1)`` for [0, 1] metrics, or
-  ``(MAX_BITS, 1.1 * worst value of the group over all methods)`` for lower-is-better metrics
-  (so perplexity HVs compare methods within one group, not across groups). MIN_BITS ~ 2.032 and
-  MAX_BITS = 8.625 are the extremes of the configuration space; the full-precision row
-  (32 bits) lies outside the box and adds nothing.
+  where higher is better (accuracy, F1), or ``ln(metric)`` where lower is better
+  (perplexity: a 2-bit model can reach perplexities of 1e6 and more, which on a linear scale
+  would flatten every other difference). The area is normalised by the box between the
+  ideal point ``(MIN_BITS, 0)`` and the reference point ``(MAX_BITS, 1)`` for [0, 1]
+  metrics, or ``(MAX_BITS, ln(1.1 * worst value of the group over all methods))`` for
+  lower-is-better ones (so perplexity HVs compare methods within one group, not across
+  groups). MIN_BITS ~ 2.032 and MAX_BITS = 8.625 are the extremes of the configuration space;
+  the full-precision row (32 bits) lies outside the box and adds nothing.
 - ``acc_gap``: mean difference to the reference method (QLoRA) over the configurations both
   evaluated (matched by configuration name), in percentage points for [0, 1] metrics
-  (method - reference) and in metric units for lower-is-better ones (reference - method), so
+  (method - reference), and for lower-is-better ones as ``100 * mean(ln reference -
+  ln method)`` (about the mean relative improvement, in percent, for small differences), so
   a positive gap always means better than the reference.
 - ``mean_metric``: mean primary metric over the method's evaluations; ``n_configs``: their count.
 - ``train_seconds`` / ``train_steps``: total fine-tuning wall seconds and optimizer steps over
@@ -61,6 +63,7 @@ Tables:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,8 +210,12 @@ def method_hypervolume(points: pd.DataFrame, worst: float | None = None) -> floa
         return float("nan")
     higher = bool(points["higher_is_better"].iloc[0])
     value = points["value"].to_numpy(dtype=float)
-    objective = 1.0 - value if higher else value
-    ref_y = 1.0 if higher else 1.1 * float(worst if worst is not None else value.max())
+    # Lower-is-better metrics (perplexity >= 1) in log space; see the module docstring.
+    objective = 1.0 - value if higher else np.log(np.maximum(value, 1.0))
+    if higher:
+        ref_y = 1.0
+    else:
+        ref_y = math.log(1.1 * max(float(worst if worst is not None else value.max()), 1.0))
     pts = np.column_stack([points["avg_bits"].to_numpy(dtype=float), objective])
     return hypervolume(pts, ref=[MAX_BITS, ref_y], ideal=[MIN_BITS, 0.0])
 
@@ -218,8 +225,9 @@ def _gap(method_rows: pd.DataFrame, reference_rows: pd.DataFrame) -> float:
     if merged.empty:
         return float("nan")
     higher = bool(merged["higher_is_better"].iloc[0])
-    diff = merged["value"] - merged["value_ref"]
-    return float(diff.mean() * 100 if higher else -diff.mean())
+    if higher:
+        return float((merged["value"] - merged["value_ref"]).mean() * 100)
+    return float((np.log(merged["value_ref"]) - np.log(merged["value"])).mean() * 100)
 
 
 def _solutions(trained_method: str, rows: pd.DataFrame) -> str:

@@ -189,10 +189,13 @@ def test_table1_groups_by_model_task_quantizer_with_full_precision_in_each(resul
     assert (q["train_seconds"], q["train_steps"], q["solutions"]) == (20.0, 10, "2")
     # A variant label keeps its trained method's solutions.
     assert one(table, task="sst2", quantizer="nf", method="coalora-r32")["solutions"] == "any"
-    # Perplexity: points (2.75, 25), (3, 20); box height 1.1 * the group's worst (40) = 44.
+    # Perplexity, in log space: points (2.75, ln 25), (3, ln 20); box height ln(1.1 * the
+    # group's worst (40)) = ln 44.
     ppl = one(table, task="bible-lm", method="coalora")
-    assert ppl["hv"] == pytest.approx((5.875 * 19 + 5.625 * 5) / (BOX * 44.0))
-    assert ppl["acc_gap"] == pytest.approx(2.0)  # 22 - 20 perplexity at b3
+    ln = math.log
+    area = 5.875 * (ln(44) - ln(25)) + 5.625 * (ln(25) - ln(20))
+    assert ppl["hv"] == pytest.approx(area / (BOX * ln(44)))
+    assert ppl["acc_gap"] == pytest.approx(100 * (ln(22) - ln(20)))  # QLoRA 22 vs 20 at b3
 
 
 def test_rank_table_rows_and_hv_as_in_table1(results):
