@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from coalora.quant import ALL_OPTIONS, MAX_BITS, MIN_BITS, ModelQConfig, QuantConfig
 from coalora.quant.allocate import (
+    _c_stdout_discarded,
     allocate,
     allocate_grid,
     budget_grid,
@@ -597,3 +599,16 @@ def test_ilp_stopped_at_its_limits_still_gives_a_feasible_near_optimal_answer(ca
         b_eq=np.ones(n), bounds=(0, 1), method="highs",
     )  # fmt: skip
     assert lp.status == 0 and total <= lp.fun * 1.01
+
+
+def test_highs_stray_stdout_is_discarded_but_python_output_is_kept(capfd):
+    """HiGHS 1.12 writes a debug line to fd 1 regardless of its options; the ILP call
+    discards C-level stdout, and what Python printed before still comes out."""
+    print("before", end=" ", flush=False)
+    with _c_stdout_discarded():
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution\n")
+    print("after")
+    os.write(1, b"fd 1 works again\n")
+    out = capfd.readouterr().out
+    assert "HighsMipSolverData" not in out
+    assert out == "before after\nfd 1 works again\n"

@@ -30,9 +30,12 @@ solved again with a slightly tighter limit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -240,7 +243,7 @@ def _solve_subset(
     one_each = csr_array((np.ones(len(c)), (row_of, np.arange(len(c)))), shape=(n, len(c)))
     margin = 0.0
     for _attempt in range(6):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _c_stdout_discarded():
             # mip_abs_gap is not among milp's documented options; milp hands it to HiGHS.
             warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
             result = milp(
@@ -291,6 +294,32 @@ def _solve_subset(
         # with a limit tightened by more than the excess.
         margin = max(2 * margin, 2 * excess, 1e-12 * budget)
     raise RuntimeError(f"ILP for budget {budget} kept exceeding it by {excess:.3g} bits")
+
+
+@contextlib.contextmanager
+def _c_stdout_discarded():
+    """Discard what C code writes to file descriptor 1 meanwhile.
+
+    HiGHS 1.12 (scipy's milp) prints a stray debug line,
+    ``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();``, straight to
+    fd 1 whatever its output options say (ERGO-Code/HiGHS#2783); dozens of them otherwise
+    land in a workflow's terminal. Python's own buffered output is flushed first, so it is
+    not lost."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (a detached process): nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
 
 
 def allocate(
