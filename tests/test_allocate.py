@@ -10,7 +10,6 @@ import pytest
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from coalora.quant import ALL_OPTIONS, MAX_BITS, MIN_BITS, ModelQConfig, QuantConfig
 from coalora.quant.allocate import (
@@ -35,6 +34,8 @@ from coalora.quant.cost import (
     save_cost_table,
 )
 from coalora.quant.targets import QuantTarget, quantizable_targets
+
+from tiny_models import tiny_llama
 
 BITS = np.array([qc.bits for qc in ALL_OPTIONS])
 
@@ -218,20 +219,6 @@ def test_cost_table_rejects_bad_inputs():
 
 
 # --- Fisher --------------------------------------------------------------------------------
-
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
 
 
 def batches(seed=0, count=2):

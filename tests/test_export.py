@@ -11,15 +11,6 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-    RobertaConfig,
-    RobertaForSequenceClassification,
-)
 
 from coalora.export import (
     export_peft_adapter,
@@ -31,58 +22,9 @@ from coalora.lora import inject_lora
 from coalora.mapper import CoALoRA, ConfigAwareMapper
 from coalora.quant import ALL_OPTIONS, ModelQConfig, QuantizedBase, apply_qconfig
 
+from tiny_models import tiny_bert, tiny_llama, tiny_llama_classifier, tiny_roberta
+
 INPUT_IDS = torch.tensor([[1, 5, 9, 13, 2, 40, 33, 7], [3, 3, 60, 21, 8, 0, 11, 19]])
-
-
-def llama_config(**kw) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        **kw,
-    )
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(llama_config()).eval()
-
-
-def tiny_llama_classifier(seed: int = 0) -> LlamaForSequenceClassification:
-    torch.manual_seed(seed)
-    return LlamaForSequenceClassification(llama_config(num_labels=3, pad_token_id=0)).eval()
-
-
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    return BertForSequenceClassification(config).eval()
-
-
-def tiny_roberta(seed: int = 0) -> RobertaForSequenceClassification:
-    torch.manual_seed(seed)
-    config = RobertaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    return RobertaForSequenceClassification(config).eval()
 
 
 BUILDERS = {

@@ -10,10 +10,7 @@ import pytest
 import torch
 from torch import nn
 from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
     LlamaConfig,
-    LlamaForCausalLM,
     LlamaForSequenceClassification,
 )
 
@@ -27,6 +24,8 @@ from coalora.lora import (
 )
 from coalora.quant import ALL_OPTIONS, ModelQConfig, QuantizedBase, quantizable_targets
 
+from tiny_models import tiny_bert, tiny_llama
+
 LLAMA_TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BERT_TYPES = [
     "query",
@@ -36,34 +35,6 @@ BERT_TYPES = [
     "intermediate.dense",
     "output.dense",
 ]
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    return BertForSequenceClassification(config).eval()
 
 
 def randomize_lora_b(wrappers: dict[str, LoraLinear], seed: int = 1) -> None:

@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from coalora.lora import inject_lora
 from coalora.mapper import CoALoRA, ConfigAwareMapper
 from coalora.quant import ALL_OPTIONS, MODULE_TYPES, ModelQConfig, QuantConfig, QuantizedBase
 
-
-def tiny_llama(seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+from tiny_models import tiny_llama
 
 
 def random_config(targets, seed: int) -> ModelQConfig:

@@ -1,5 +1,6 @@
 """The paper's quantization format: option space, bit accounting, codebooks, quantizer."""
 
+import functools
 import json
 import math
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from coalora.quant import (
     ALL_OPTIONS,
@@ -25,6 +25,8 @@ from coalora.quant import (
     quantize_dequantize,
 )
 from coalora.quant.targets import num_layers
+
+import tiny_models
 
 # --- option space and bits --------------------------------------------------------------
 
@@ -196,31 +198,9 @@ def test_empty_tensor_is_an_error():
 
 # --- targets and model-level configurations --------------------------------------------
 
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_bert(seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config).eval()
+# Vocabulary 100 (the inputs below draw from it); BERT with three layers, two labels.
+tiny_llama = functools.partial(tiny_models.tiny_llama, vocab_size=100)
+tiny_bert = functools.partial(tiny_models.tiny_bert, layers=3, vocab_size=100, num_labels=2)
 
 
 def test_llama_targets():

@@ -66,10 +66,14 @@ def test_default_preset_dry_run(tmp_path):
 
 def test_paper_preset_dry_run(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--configfile", preset("paper.yaml")).stdout)
-    # 4 GLUE tasks x 6 evaluation budgets x 4 per-configuration methods, 3 C4 models x 4 x 2.
-    assert counts["prepare"] == 7
-    assert counts["train_per_config"] == 4 * 6 * 4 + 3 * 4 * 2
-    assert counts["train"] == 4 * 2 + 3 * 2
+    # 4 GLUE tasks x 6 evaluation budgets x 4 per-configuration methods, 3 C4 models x 4 x 2;
+    # SST-2's ablations: QLoRA at 2 more ranks (x 6 budgets) and 4 CoA-LoRA variants; SST-2
+    # under INT: QLoRA x 6 and CoA-LoRA.
+    assert counts["prepare"] == 8
+    assert counts["train_per_config"] == 4 * 6 * 4 + 3 * 4 * 2 + 2 * 6 + 6
+    assert counts["train"] == 4 * 2 + 3 * 2 + 4 + 1
+    assert counts["evaluate_roberta-large-sst2"] == 2 + 4  # coalora, shared-lora + 4 variants
+    assert counts["search_ablation_figure"] == 1 and counts["tables"] == 1
 
 
 @pytest.mark.parametrize(
