@@ -398,6 +398,8 @@ SEEN_UNSEEN_COLUMNS = [
     "mean_seen",
     "mean_unseen",
     "diff",
+    "n_matched",
+    "matched_diff",
     "unit",
 ]
 
@@ -406,17 +408,49 @@ def _quantized(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["quantizer"] != "none"]
 
 
+def _matched_diff(seen: pd.DataFrame, unseen: pd.DataFrame, to_scale) -> tuple[int, float]:
+    """Mean of (unseen - seen) at equal average bits, on ``to_scale``'s scale: each unseen
+    point against the seen curve linearly interpolated at its bits. Only unseen points inside
+    the seen bit range count (their number is returned first); this keeps the bit-width effect
+    out of the comparison."""
+    curve = seen.assign(y=to_scale(seen["value"])).groupby("avg_bits")["y"].mean()
+    if curve.empty:
+        return 0, float("nan")
+    bits = unseen["avg_bits"].to_numpy(float)
+    inside = (bits >= curve.index.min()) & (bits <= curve.index.max())
+    if not inside.any():
+        return 0, float("nan")
+    reference = np.interp(bits[inside], curve.index.to_numpy(float), curve.to_numpy(float))
+    return int(inside.sum()), float(np.mean(to_scale(unseen["value"])[inside] - reference))
+
+
 def seen_unseen_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Seen vs unseen configurations, per method that has unseen ones."""
+    """Seen vs unseen configurations, per method that has unseen ones.
+
+    Accuracy-like metrics compare in points (100 x difference); perplexity in log space
+    (geometric means; differences are 100 x difference of ln perplexity), as table1's gap.
+    ``diff`` is unseen minus seen over all configurations, so it also carries the bit-width
+    difference between the two sets; ``matched_diff`` compares at equal average bits."""
     rows = []
     for group in experiment_groups(results):
-        scale = 100.0 if group.higher_is_better else 1.0
+        if group.higher_is_better:
+            to_scale, unit = (lambda v: 100.0 * np.asarray(v, float)), "pp"
+        else:
+            to_scale, unit = (lambda v: 100.0 * np.log(np.asarray(v, float))), "100*dln"
         for method, m in _quantized(group.rows).groupby("method", sort=True):
             if not m["unseen"].any():
                 continue
-            seen, unseen = m.loc[~m["unseen"], "value"], m.loc[m["unseen"], "value"]
-            mean_seen = float(seen.mean()) if len(seen) else float("nan")
-            mean_unseen = float(unseen.mean())
+            seen, unseen = m[~m["unseen"]], m[m["unseen"]]
+            scaled_seen = float(np.mean(to_scale(seen["value"]))) if len(seen) else float("nan")
+            scaled_unseen = float(np.mean(to_scale(unseen["value"])))
+            n_matched, matched = _matched_diff(seen, unseen, to_scale)
+            if group.higher_is_better:
+                mean_seen, mean_unseen = scaled_seen / 100.0, scaled_unseen / 100.0
+            else:  # geometric means
+                mean_seen, mean_unseen = (
+                    math.exp(scaled_seen / 100.0),
+                    math.exp(scaled_unseen / 100.0),
+                )
             rows.append(
                 {
                     **group.key,
@@ -426,8 +460,10 @@ def seen_unseen_table(results: pd.DataFrame) -> pd.DataFrame:
                     "n_unseen": len(unseen),
                     "mean_seen": mean_seen,
                     "mean_unseen": mean_unseen,
-                    "diff": (mean_unseen - mean_seen) * scale,
-                    "unit": "pp" if group.higher_is_better else group.metric,
+                    "diff": scaled_unseen - scaled_seen,
+                    "n_matched": n_matched,
+                    "matched_diff": matched,
+                    "unit": unit,
                 }
             )
     return _frame(rows, SEEN_UNSEEN_COLUMNS)

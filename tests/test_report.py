@@ -267,12 +267,34 @@ def test_seen_unseen_numbers(results):
         # the base has seen null: u* names are its unseen configurations; no full precision
         ("nf", "sst2", "none"): (1, 1, 0.50, 0.48, -2.0),
         ("int", "sst2", "coalora"): (1, 2, 0.65, 0.675, 2.5),
-        ("nf", "bible-lm", "coalora"): (1, 1, 20.0, 25.0, 5.0),  # perplexity units
+        # perplexity in log space: geometric means, 100 x (ln 25 - ln 20)
+        ("nf", "bible-lm", "coalora"): (1, 1, 20.0, 25.0, 100 * math.log(25 / 20)),
     }
     assert set(got) == set(expected)  # QLoRA (per configuration) has no unseen rows
     for key, values in expected.items():
         assert got[key] == pytest.approx(values), key
-    assert one(table, task="bible-lm")["unit"] == "perplexity"
+    assert one(table, task="bible-lm")["unit"] == "100*dln"
+    # Every unseen point here lies outside its method's seen bit range: nothing to match.
+    assert (table["n_matched"] == 0).all() and table["matched_diff"].isna().all()
+
+
+def test_seen_unseen_matched_at_equal_bits(tmp_path):
+    """An unseen point is compared with the seen curve interpolated at its average bits;
+    unseen points outside the seen bit range are left out of the matched difference."""
+    configs = [("b2.5", 2.5, 0.70, True), ("b3", 3.0, 0.80, True), ("u2.75", 2.75, 0.78, False),
+               ("u4", 4.0, 0.95, False)]  # fmt: skip
+    rows = [record("coalora", c, b, v, seen=s, trained="coalora") for c, b, v, s in configs]
+    ppl = [("b2.5", 2.5, 100.0, True), ("b3", 3.0, 25.0, True), ("u2.75", 2.75, 40.0, False)]
+    rows += [lm("coalora", c, b, v, seen=s, trained="coalora") for c, b, v, s in ppl]
+    table = report.seen_unseen_table(read_results(write(tmp_path, rows)))
+    acc = one(table, task="sst2")
+    # interpolated seen accuracy at 2.75 bits: 0.75; unseen 0.78 -> +3 points
+    assert (acc["n_matched"], acc["matched_diff"]) == (1, pytest.approx(3.0))
+    assert acc["diff"] == pytest.approx(100 * ((0.78 + 0.95) / 2 - 0.75))  # mixes in 4 bits
+    lm_row = one(table, task="bible-lm")
+    # ln-interpolated seen perplexity at 2.75 bits: sqrt(100 * 25) = 50; unseen 40
+    assert (lm_row["n_matched"], lm_row["matched_diff"]) == (1, pytest.approx(100 * math.log(0.8)))
+    assert lm_row["mean_seen"] == pytest.approx(50.0)
     assert set(rows_by(table, task="sst2")["unit"]) == {"pp"}
 
 
