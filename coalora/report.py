@@ -298,15 +298,36 @@ RANK_COLUMNS = [
 ]
 
 
+# The training settings the ablation tables vary, one at a time.
+ABLATED_SETTINGS = ("r", "search_mode")
+
+
+def _one_factor(rows: pd.DataFrame, trained: str, varied: str) -> pd.DataFrame:
+    """The rows of one trained method that differ from its main label only in ``varied``:
+    the other ablated settings must equal those of the label named after the method (e.g.
+    ``coalora``), or, without such a label, their most common values. So a rank variant
+    stays out of the search ablation and a search variant out of the rank ablation."""
+    main = rows[rows["method"] == trained]
+    main = main if len(main) else rows
+    keep = pd.Series(True, index=rows.index)
+    for setting in ABLATED_SETTINGS:
+        if setting == varied or main[setting].isna().all():
+            continue
+        keep &= rows[setting] == main[setting].mode().iloc[0]
+    return rows[keep]
+
+
 def rank_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
-    """LoRA-rank ablation: trained methods evaluated at >= 2 ranks, one row per (label, r)."""
+    """LoRA-rank ablation: trained methods evaluated at >= 2 ranks, other settings equal, one
+    row per (label, r)."""
     rows = []
     for group in experiment_groups(results, reference):
         ranked = group.rows.dropna(subset=["r"])
         for trained, t in ranked.groupby("trained_method", sort=True):
+            t = _one_factor(t, trained, "r")
             if t["r"].nunique() < 2:
                 continue
-            for (method, r), m in t.groupby(["method", "r"], sort=True):
+            for (r, method), m in t.groupby(["r", "method"], sort=True):  # by rank
                 stats = group.stats(m)
                 rows.append(
                     {**group.key, "trained_method": trained, "method": method, "r": int(r), **stats}
@@ -328,9 +349,14 @@ SEARCH_COLUMNS = [
 
 
 def _search_rows(group: Group) -> pd.DataFrame:
-    """The group's CoA-LoRA rows if their search modes differ, else an empty frame."""
+    """The group's CoA-LoRA rows at its main rank if their search modes differ, else an empty
+    frame."""
     coalora = group.rows[group.rows["trained_method"].isin(ANY_CONFIGURATION)]
     coalora = coalora.dropna(subset=["search_mode"])
+    coalora = pd.concat(
+        [_one_factor(t, trained, "search_mode") for trained, t in coalora.groupby("trained_method")]
+        or [coalora]
+    )
     return coalora if coalora["search_mode"].nunique() >= 2 else coalora.iloc[0:0]
 
 
