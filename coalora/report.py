@@ -200,6 +200,14 @@ def experiment_groups(results: pd.DataFrame, reference: str = REFERENCE_METHOD) 
             rows = pair[pair["quantizer"] == quantizer]
             if quantizer != "none":
                 rows = pd.concat([rows, full])
+            twice = rows[rows.duplicated(["method", "config_name"])]
+            if len(twice):
+                method, config = twice.iloc[0][["method", "config_name"]]
+                raise ValueError(
+                    f"two results for method {method!r} on configuration {config!r} of "
+                    f"{model} / {task} / {quantizer}: results of one (model, task, quantizer) "
+                    f"form one table group, so give different runs different method labels"
+                )
             groups.append(Group(model, task, quantizer, rows, reference))
     return groups
 

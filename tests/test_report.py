@@ -433,3 +433,15 @@ def test_bad_results_file_is_a_one_line_error(paths, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "not found" in err and err.count("\n") == 1
     assert not (tmp_path / "f.png").exists()
+
+
+def test_two_results_for_one_method_and_configuration_are_refused(paths, tmp_path, capsys):
+    """Two runs under one label (e.g. two experiments on the same model, task and quantizer)
+    would merge into one group's points: refused, naming the method and configuration."""
+    again = write(tmp_path / "again", [RECORDS[3]], name="again")  # QLoRA b3 once more
+    with pytest.raises(ValueError, match="two results for method 'qlora' on configuration 'b3'"):
+        report.summary_table(read_results([*paths, *again]))
+    out = tmp_path / "t1.csv"
+    assert main(["report", "table1", *map(str, [*paths, *again]), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'qlora'" in err[0] and not out.exists()

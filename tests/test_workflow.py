@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -97,6 +98,17 @@ def test_schema_rejects_unknown_experiment_key(tmp_path):
     bad.write_text(text)
     proc = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert proc.returncode != 0 and "'max_trian' was unexpected" in proc.stdout + proc.stderr
+
+
+def test_two_experiments_on_one_model_task_and_quantizer_are_refused(tmp_path):
+    conf = yaml.safe_load(Path(preset("ci.yaml")).read_text())
+    first = next(iter(conf["experiments"]))
+    conf["experiments"]["copy"] = dict(conf["experiments"][first])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(conf, sort_keys=False))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert f"experiments '{first}' and 'copy' share model" in proc.stdout + proc.stderr
 
 
 # Columns of the tables that are measured times, so differ between two runs.

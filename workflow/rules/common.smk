@@ -1,10 +1,30 @@
 # Names of things: experiments, methods, configurations, and the paths that spell them.
 import shlex
 
+from snakemake.exceptions import WorkflowError
+
 RESULTS = config.get("results", "results")
 SEED = config.get("seed", 0)
 QUANTIZER = config.get("quantizer", "nf")
 EXPERIMENTS = list(config["experiments"])
+
+
+def _check_distinct_experiments():
+    """Results are grouped by (model, task, quantizer) in the tables, so two experiments that
+    share all three would merge silently; ablations of one experiment are its variants."""
+    seen = {}
+    for exp, conf in config["experiments"].items():
+        key = (conf["model"], conf["task"], conf.get("quantizer", config.get("quantizer", "nf")))
+        if key in seen:
+            raise WorkflowError(
+                f"experiments {seen[key]!r} and {exp!r} share model {key[0]!r}, task "
+                f"{key[1]!r} and quantizer {key[2]!r}: their results would merge in the "
+                f"tables; make one experiment and put the differences in its `variants:`"
+            )
+        seen[key] = exp
+
+
+_check_distinct_experiments()
 # The `coalora` command of the Python running Snakemake (works without activating the venv).
 COALORA = f"{sys.executable} -m coalora.cli"
 
