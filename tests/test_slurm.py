@@ -1,7 +1,8 @@
 """The SLURM path on a real scheduler: the CI preset through `--profile profiles/slurm` on a
 local one-node cluster (scripts/slurm-local.sh), with one training job cancelled by `scancel`
-while it runs; the profile's `retries:` resubmits it and the DAG completes with the same
-table as a local run.
+while it runs and one evaluation whose process is SIGKILLed (its rule fails, as under the
+out-of-memory killer); the profile's `retries:` resubmits both and the DAG completes with the
+same table as a local run.
 
 Opt-in (it installs packages and starts daemons as root): COALORA_SLURM=1, which `.ci/run`
 sets where it can (root, apt-get). Otherwise the test skips with a one-line reason.
@@ -165,6 +166,46 @@ class CancelOneTrainJob(threading.Thread):
             self.done.wait(0.5)
 
 
+class KillOneEvaluation(threading.Thread):
+    """SIGKILLs the first `coalora evaluate` process of the run in `workdir` once it has run
+    `after` seconds, as the out-of-memory killer would: the rule fails, so its SLURM job ends
+    FAILED, and the profile's `retries:` must submit it again."""
+
+    def __init__(self, workdir: Path, after=2.0):
+        super().__init__(daemon=True)
+        self.workdir = workdir.resolve()
+        self.after = after
+        self.done = threading.Event()
+        self.killed = None  # the killed process's arguments
+
+    def evaluations(self):
+        """(pid, argv) of the Python processes running `coalora.cli evaluate` in workdir (not
+        the shell that started them, whose command line holds the same words)."""
+        for pid in sh("pgrep", "-f", "coalora.cli evaluate", check=False).stdout.split():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                cwd = Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+            except OSError:  # ended meanwhile
+                continue
+            if cwd == self.workdir and "python" in Path(argv[0]).name and "evaluate" in argv:
+                yield int(pid), argv
+
+    def run(self):
+        first_seen = {}
+        while not self.done.is_set():
+            now = time.monotonic()
+            for pid, argv in self.evaluations():
+                first_seen.setdefault(pid, now)
+                if now - first_seen[pid] >= self.after:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    self.killed = argv
+                    return
+            self.done.wait(0.5)
+
+
 def run_with_timeout(cmd, log_path, timeout):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -184,7 +225,9 @@ def run_with_timeout(cmd, log_path, timeout):
             return None
 
 
-def test_ci_preset_through_slurm_profile_survives_scancel(slurm_cluster, tmp_path):
+def test_ci_preset_through_slurm_profile_survives_scancel_and_a_failed_rule(
+    slurm_cluster, tmp_path
+):
     # Reference: the same preset and seed, run locally.
     local = tmp_path / "local"
     local.mkdir()
@@ -202,30 +245,41 @@ def test_ci_preset_through_slurm_profile_survives_scancel(slurm_cluster, tmp_pat
     cmd = snakemake_cmd(
         cluster, "--profile", str(REPO / "profiles" / "slurm"), "--profile", str(layer)
     )
-    canceller = CancelOneTrainJob(cluster)
+    canceller, killer = CancelOneTrainJob(cluster), KillOneEvaluation(cluster)
     canceller.start()
+    killer.start()
     t0 = time.monotonic()
     rc = run_with_timeout(cmd, cluster / "snakemake.log", TIMEOUT)
     seconds = time.monotonic() - t0
-    canceller.done.set()
-    canceller.join()
+    for thread in (canceller, killer):
+        thread.done.set()
+        thread.join()
     log = (cluster / "snakemake.log").read_text()
     print(f"SLURM run: {seconds:.0f}s, rc={rc}, cancelled {canceller.cancelled}")
+    print(f"killed: {killer.killed}")
     assert rc == 0, f"SLURM run failed or timed out (rc={rc}) after {seconds:.0f}s:\n{log[-5000:]}"
 
-    # Every job went through sbatch; the cancelled one was reported and submitted again.
+    # Every job went through sbatch; the cancelled one and the one whose rule failed were
+    # reported and submitted again.
     assert canceller.cancelled, "no training job was seen running, none cancelled"
+    assert killer.killed, "no evaluation was seen running, none killed"
     cancelled_id, comment = canceller.cancelled
     submitted = {jobid: Path(path) for _, jobid, path in SUBMITTED.findall(log)}
     assert cancelled_id in submitted, f"{cancelled_id} not submitted by this run:\n{log[-3000:]}"
-    assert len(submitted) == expected_jobs + 1, (len(submitted), expected_jobs)
+    assert len(submitted) == expected_jobs + 2, (len(submitted), expected_jobs)
     assert f"SLURM-job '{cancelled_id}' failed, SLURM status is: 'CANCELLED'" in log
+    failed = re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: 'FAILED'", log)
+    assert len(failed) == 1, log[-5000:]
     # The plugin's log path is .../slurm_logs/rule_<rule>/<wildcards>/<jobid>.log.
-    same_job = [j for j, p in submitted.items() if p.parent == submitted[cancelled_id].parent]
-    assert len(same_job) == 2, (comment, same_job)
-    # Cancelled while its command ran; the resubmitted job finished (slurm-keep-successful-logs).
-    assert "Shell command:" in submitted[cancelled_id].read_text()
-    assert "Finished jobid" in submitted[max(same_job, key=int)].read_text()
+    for jobid in (cancelled_id, failed[0]):
+        same_job = [j for j, p in submitted.items() if p.parent == submitted[jobid].parent]
+        assert len(same_job) == 2, (jobid, same_job)
+        # Stopped while its command ran; the resubmitted job finished
+        # (slurm-keep-successful-logs).
+        assert "Shell command:" in submitted[jobid].read_text()
+        assert "Finished jobid" in submitted[max(same_job, key=int)].read_text()
+    rule_dir = next(p for p in submitted[failed[0]].parts if p.startswith("rule_"))
+    assert rule_dir.startswith("rule_evaluate"), submitted[failed[0]]
 
     # The scheduler's own records (squeue keeps finished jobs for MinJobAge).
     records = sh(
@@ -233,7 +287,8 @@ def test_ci_preset_through_slurm_profile_survives_scancel(slurm_cluster, tmp_pat
     ).stdout.split()
     states = dict(line.split("|") for line in records)
     assert states.pop(cancelled_id) == "CANCELLED"
-    assert set(states) == set(submitted) - {cancelled_id}
+    assert states.pop(failed[0]) == "FAILED"
+    assert set(states) == set(submitted) - {cancelled_id, failed[0]}
     assert set(states.values()) == {"COMPLETED"}, states
 
     # Same numbers as the local run, apart from wall times.
