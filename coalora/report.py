@@ -455,7 +455,8 @@ def _matched_diff(seen: pd.DataFrame, unseen: pd.DataFrame, to_scale) -> tuple[i
     if not inside.any():
         return 0, float("nan")
     reference = np.interp(bits[inside], curve.index.to_numpy(float), curve.to_numpy(float))
-    return int(inside.sum()), float(np.mean(to_scale(unseen["value"])[inside] - reference))
+    unseen_scaled = to_scale(unseen["value"]).to_numpy(float)[inside]
+    return int(inside.sum()), float(np.mean(unseen_scaled - reference))
 
 
 def seen_unseen_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -467,24 +468,24 @@ def seen_unseen_table(results: pd.DataFrame) -> pd.DataFrame:
     difference between the two sets; ``matched_diff`` compares at equal average bits."""
     rows = []
     for group in experiment_groups(results):
+        # The scale differences are taken on, and back to the metric (so perplexity means
+        # are geometric).
         if group.higher_is_better:
-            to_scale, unit = (lambda v: 100.0 * np.asarray(v, float)), "pp"
+            to_scale, from_scale, unit = (lambda v: 100.0 * v), (lambda x: x / 100.0), "pp"
         else:
-            to_scale, unit = (lambda v: 100.0 * np.log(np.asarray(v, float))), "100*dln"
+            to_scale, from_scale, unit = (
+                (lambda v: 100.0 * np.log(v)),
+                (lambda x: math.exp(x / 100.0)),
+                "100*dln",
+            )
         for method, m in _quantized(group.rows).groupby("method", sort=True):
             if not m["unseen"].any():
                 continue
             seen, unseen = m[~m["unseen"]], m[m["unseen"]]
-            scaled_seen = float(np.mean(to_scale(seen["value"]))) if len(seen) else float("nan")
-            scaled_unseen = float(np.mean(to_scale(unseen["value"])))
+            scaled_seen = float(to_scale(seen["value"]).mean())  # NaN without seen rows
+            scaled_unseen = float(to_scale(unseen["value"]).mean())
             n_matched, matched = _matched_diff(seen, unseen, to_scale)
-            if group.higher_is_better:
-                mean_seen, mean_unseen = scaled_seen / 100.0, scaled_unseen / 100.0
-            else:  # geometric means
-                mean_seen, mean_unseen = (
-                    math.exp(scaled_seen / 100.0),
-                    math.exp(scaled_unseen / 100.0),
-                )
+            mean_seen, mean_unseen = from_scale(scaled_seen), from_scale(scaled_unseen)
             rows.append(
                 {
                     **group.key,

@@ -133,54 +133,75 @@ def local_cluster_profile(directory: Path, partition: str, rules) -> Path:
     return directory
 
 
-class CancelOneTrainJob(threading.Thread):
-    """Cancels (scancel) the first training job whose command has been running for `after`
-    seconds: its SLURM log (written by the in-job Snakemake) shows the shell command."""
+class StopOneOnce(threading.Thread):
+    """Watches the run and stops one of its running jobs once: the first candidate seen for
+    `after` seconds. Subclasses say what the candidates are and how one is stopped; `stopped`
+    records the candidate."""
 
-    def __init__(self, workdir: Path, after=3.0):
+    def __init__(self, after: float):
         super().__init__(daemon=True)
-        self.logs = workdir / ".snakemake" / "slurm_logs"
         self.after = after
         self.done = threading.Event()
-        self.cancelled = None  # (slurm jobid, comment)
+        self.stopped = None
+
+    def candidates(self):
+        """(key, description) of each running candidate."""
+        raise NotImplementedError
+
+    def stop(self, key) -> bool:
+        """Stop it; False if it had already ended."""
+        raise NotImplementedError
+
+    def run(self):
+        first_seen = {}
+        while not self.done.is_set():
+            now = time.monotonic()
+            for key, description in self.candidates():
+                first_seen.setdefault(key, now)
+                if now - first_seen[key] >= self.after and self.stop(key):
+                    self.stopped = description
+                    return
+            self.done.wait(0.5)
+
+
+class CancelOneTrainJob(StopOneOnce):
+    """Cancels (scancel) the first training job whose command has been running for `after`
+    seconds: its SLURM log (written by the in-job Snakemake) shows the shell command.
+    `stopped`: (slurm jobid, comment)."""
+
+    def __init__(self, workdir: Path, after=3.0):
+        super().__init__(after)
+        self.logs = workdir / ".snakemake" / "slurm_logs"
 
     def command_started(self, jobid):
         for log in self.logs.glob(f"rule_train*/**/{jobid}.log"):
             return "Shell command:" in log.read_text(errors="replace")
         return False
 
-    def run(self):
-        first_seen = {}
-        while not self.done.is_set():
-            out = sh("squeue", "-h", "-t", "RUNNING", "-o", "%i|%k", check=False).stdout
-            now = time.monotonic()
-            for line in out.splitlines():
-                jobid, _, comment = line.strip().partition("|")
-                if not comment.startswith("rule_train") or not self.command_started(jobid):
-                    continue
-                first_seen.setdefault(jobid, now)
-                if now - first_seen[jobid] >= self.after:
-                    sh("scancel", jobid, check=False)
-                    self.cancelled = (jobid, comment)
-                    return
-            self.done.wait(0.5)
+    def candidates(self):
+        out = sh("squeue", "-h", "-t", "RUNNING", "-o", "%i|%k", check=False).stdout
+        for line in out.splitlines():
+            jobid, _, comment = line.strip().partition("|")
+            if comment.startswith("rule_train") and self.command_started(jobid):
+                yield jobid, (jobid, comment)
+
+    def stop(self, jobid):
+        sh("scancel", jobid, check=False)
+        return True
 
 
-class KillOneEvaluation(threading.Thread):
+class KillOneEvaluation(StopOneOnce):
     """SIGKILLs the first `coalora evaluate` process of the run in `workdir` once it has run
     `after` seconds, as the out-of-memory killer would: the rule fails, so its SLURM job ends
-    FAILED, and the profile's `retries:` must submit it again."""
+    FAILED, and the profile's `retries:` must submit it again. `stopped`: its arguments."""
 
     def __init__(self, workdir: Path, after=2.0):
-        super().__init__(daemon=True)
+        super().__init__(after)
         self.workdir = workdir.resolve()
-        self.after = after
-        self.done = threading.Event()
-        self.killed = None  # the killed process's arguments
 
-    def evaluations(self):
-        """(pid, argv) of the Python processes running `coalora.cli evaluate` in workdir (not
-        the shell that started them, whose command line holds the same words)."""
+    def candidates(self):
+        """The Python processes running `coalora.cli evaluate` in workdir (not the shell that
+        started them, whose command line holds the same words)."""
         for pid in sh("pgrep", "-f", "coalora.cli evaluate", check=False).stdout.split():
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
@@ -190,20 +211,12 @@ class KillOneEvaluation(threading.Thread):
             if cwd == self.workdir and "python" in Path(argv[0]).name and "evaluate" in argv:
                 yield int(pid), argv
 
-    def run(self):
-        first_seen = {}
-        while not self.done.is_set():
-            now = time.monotonic()
-            for pid, argv in self.evaluations():
-                first_seen.setdefault(pid, now)
-                if now - first_seen[pid] >= self.after:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        continue
-                    self.killed = argv
-                    return
-            self.done.wait(0.5)
+    def stop(self, pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def run_with_timeout(cmd, log_path, timeout):
@@ -255,15 +268,15 @@ def test_ci_preset_through_slurm_profile_survives_scancel_and_a_failed_rule(
         thread.done.set()
         thread.join()
     log = (cluster / "snakemake.log").read_text()
-    print(f"SLURM run: {seconds:.0f}s, rc={rc}, cancelled {canceller.cancelled}")
-    print(f"killed: {killer.killed}")
+    print(f"SLURM run: {seconds:.0f}s, rc={rc}, cancelled {canceller.stopped}")
+    print(f"killed: {killer.stopped}")
     assert rc == 0, f"SLURM run failed or timed out (rc={rc}) after {seconds:.0f}s:\n{log[-5000:]}"
 
     # Every job went through sbatch; the cancelled one and the one whose rule failed were
     # reported and submitted again.
-    assert canceller.cancelled, "no training job was seen running, none cancelled"
-    assert killer.killed, "no evaluation was seen running, none killed"
-    cancelled_id, comment = canceller.cancelled
+    assert canceller.stopped, "no training job was seen running, none cancelled"
+    assert killer.stopped, "no evaluation was seen running, none killed"
+    cancelled_id, comment = canceller.stopped
     submitted = {jobid: Path(path) for _, jobid, path in SUBMITTED.findall(log)}
     assert cancelled_id in submitted, f"{cancelled_id} not submitted by this run:\n{log[-3000:]}"
     assert len(submitted) == expected_jobs + 2, (len(submitted), expected_jobs)

@@ -115,10 +115,13 @@ def test_two_experiments_on_one_model_task_and_quantizer_are_refused(tmp_path):
 TIME_COLUMNS = {"train_seconds"}
 
 
+def without_times(rows):
+    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
+
+
 def read_table(path):
     with open(path) as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
+        return without_times(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +165,7 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
         "search_ablation_figure": 1, "all": 1, "total": 6,
     }  # fmt: skip
     snakemake(tmp_path, *args)
-    assert read_table(results / "table1.csv") == [
-        {k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows
-    ]
+    assert read_table(results / "table1.csv") == without_times(rows)
 
 
 @pytest.mark.slow

@@ -8,23 +8,6 @@ SEED = config.get("seed", 0)
 QUANTIZER = config.get("quantizer", "nf")
 EXPERIMENTS = list(config["experiments"])
 
-
-def _check_distinct_experiments():
-    """Results are grouped by (model, task, quantizer) in the tables, so two experiments that
-    share all three would merge silently; ablations of one experiment are its variants."""
-    seen = {}
-    for exp, conf in config["experiments"].items():
-        key = (conf["model"], conf["task"], conf.get("quantizer", config.get("quantizer", "nf")))
-        if key in seen:
-            raise WorkflowError(
-                f"experiments {seen[key]!r} and {exp!r} share model {key[0]!r}, task "
-                f"{key[1]!r} and quantizer {key[2]!r}: their results would merge in the "
-                f"tables; make one experiment and put the differences in its `variants:`"
-            )
-        seen[key] = exp
-
-
-_check_distinct_experiments()
 # The `coalora` command of the Python running Snakemake (works without activating the venv).
 COALORA = f"{sys.executable} -m coalora.cli"
 
@@ -47,6 +30,24 @@ def exp_conf(exp):
 def quantizer_of(exp):
     """The experiment's quantizer (its own `quantizer`, else the global one)."""
     return exp_conf(exp).get("quantizer", QUANTIZER)
+
+
+def _check_distinct_experiments():
+    """Results are grouped by (model, task, quantizer) in the tables, so two experiments that
+    share all three would merge silently; ablations of one experiment are its variants."""
+    seen = {}
+    for exp, conf in config["experiments"].items():
+        key = (conf["model"], conf["task"], quantizer_of(exp))
+        if key in seen:
+            raise WorkflowError(
+                f"experiments {seen[key]!r} and {exp!r} share model {key[0]!r}, task "
+                f"{key[1]!r} and quantizer {key[2]!r}: their results would merge in the "
+                f"tables; make one experiment and put the differences in its `variants:`"
+            )
+        seen[key] = exp
+
+
+_check_distinct_experiments()
 
 
 def exp_methods(exp):
