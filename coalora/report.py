@@ -174,17 +174,23 @@ class Group:
         return self.rows.groupby("method", sort=True)
 
     def stats(self, rows: pd.DataFrame, worst: float | None = None) -> dict:
-        """The shared columns for some of this group's rows (one method label)."""
-        per_ckpt = rows.drop_duplicates("hashes.checkpoint")
-        reference = self.rows[self.rows["method"] == self.reference][["config_name", "value"]]
+        """The shared columns for some of this group's rows (one method label, any seeds):
+        HV per seed, then its mean and standard deviation over seeds; times and steps summed
+        over one seed's checkpoints, then averaged over seeds."""
+        worst = self.worst if worst is None else worst
+        hvs = [method_hypervolume(r, worst) for _, r in rows.groupby("seed", sort=True)]
+        per_ckpt = rows.drop_duplicates(["seed", "hashes.checkpoint"]).groupby("seed")
+        reference = self.rows[self.rows["method"] == self.reference]
         is_reference = bool(rows["method"].eq(self.reference).all())
         return {
-            "n_configs": len(rows),
-            "hv": method_hypervolume(rows, self.worst if worst is None else worst),
+            "n_seeds": len(hvs),
+            "n_configs": int(rows["config_name"].nunique()),
+            "hv": float(np.mean(hvs)),
+            "hv_sd": float(np.std(hvs, ddof=1)) if len(hvs) > 1 else float("nan"),
             "acc_gap": float("nan") if is_reference else _gap(rows, reference),
             "mean_metric": float(rows["value"].mean()),
-            "train_seconds": float(per_ckpt["train_seconds"].fillna(0).sum()),
-            "train_steps": int(per_ckpt["train_steps"].fillna(0).sum()),
+            "train_seconds": float(per_ckpt["train_seconds"].sum().mean()),
+            "train_steps": int(round(per_ckpt["train_steps"].sum().mean())),
         }
 
 
@@ -200,13 +206,14 @@ def experiment_groups(results: pd.DataFrame, reference: str = REFERENCE_METHOD) 
             rows = pair[pair["quantizer"] == quantizer]
             if quantizer != "none":
                 rows = pd.concat([rows, full])
-            twice = rows[rows.duplicated(["method", "config_name"])]
+            twice = rows[rows.duplicated(["method", "seed", "config_name"])]
             if len(twice):
-                method, config = twice.iloc[0][["method", "config_name"]]
+                method, seed, config = twice.iloc[0][["method", "seed", "config_name"]]
                 raise ValueError(
-                    f"two results for method {method!r} on configuration {config!r} of "
-                    f"{model} / {task} / {quantizer}: results of one (model, task, quantizer) "
-                    f"form one table group, so give different runs different method labels"
+                    f"two results for method {method!r} at seed {seed} on configuration "
+                    f"{config!r} of {model} / {task} / {quantizer}: results of one (model, "
+                    f"task, quantizer) form one table group, so give different runs different "
+                    f"method labels"
                 )
             groups.append(Group(model, task, quantizer, rows, reference))
     return groups
@@ -228,14 +235,28 @@ def method_hypervolume(points: pd.DataFrame, worst: float | None = None) -> floa
     return hypervolume(pts, ref=[MAX_BITS, ref_y], ideal=[MIN_BITS, 0.0])
 
 
+def gap_scale(values, higher_is_better: bool):
+    """The scale gaps are differences on: points (100 x metric) for [0, 1] metrics where
+    higher is better, ``-100 ln(metric)`` for perplexity; higher is better on both."""
+    values = np.asarray(values, dtype=float)
+    return 100.0 * values if higher_is_better else -100.0 * np.log(values)
+
+
 def _gap(method_rows: pd.DataFrame, reference_rows: pd.DataFrame) -> float:
-    merged = method_rows.merge(reference_rows, on="config_name", suffixes=("", "_ref"))
-    if merged.empty:
+    """Mean over the configurations both evaluated of (method - reference) on ``gap_scale``,
+    each side first averaged over its seeds."""
+    if method_rows.empty or reference_rows.empty:
         return float("nan")
-    higher = bool(merged["higher_is_better"].iloc[0])
-    if higher:
-        return float((merged["value"] - merged["value_ref"]).mean() * 100)
-    return float((np.log(merged["value_ref"]) - np.log(merged["value"])).mean() * 100)
+    higher = bool(method_rows["higher_is_better"].iloc[0])
+
+    def per_config(rows):
+        return rows.assign(y=gap_scale(rows["value"], higher)).groupby("config_name")["y"].mean()
+
+    mine, ref = per_config(method_rows), per_config(reference_rows)
+    shared = mine.index.intersection(ref.index)
+    if shared.empty:
+        return float("nan")
+    return float((mine[shared] - ref[shared]).mean())
 
 
 def _solutions(trained_method: str, rows: pd.DataFrame) -> str:
@@ -245,7 +266,8 @@ def _solutions(trained_method: str, rows: pd.DataFrame) -> str:
         return "n/a"
     if trained_method in SHARED_ADAPTER:
         return "1"
-    return str(rows["hashes.checkpoint"].nunique(dropna=False))
+    # One run per configuration and seed: count the runs of one seed.
+    return str(rows.groupby("seed")["hashes.checkpoint"].nunique(dropna=False).max())
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -259,8 +281,10 @@ TABLE1_COLUMNS = [
     *GROUP_KEYS,
     "method",
     "metric",
+    "n_seeds",
     "n_configs",
     "hv",
+    "hv_sd",
     "acc_gap",
     "mean_metric",
     "train_seconds",
@@ -504,7 +528,7 @@ def seen_unseen_table(results: pd.DataFrame) -> pd.DataFrame:
     return _frame(rows, SEEN_UNSEEN_COLUMNS)
 
 
-CAUSAL_COLUMNS = [*GROUP_KEYS, "method", "config_name", "avg_bits", "seen"]
+CAUSAL_COLUMNS = [*GROUP_KEYS, "method", "seed", "config_name", "avg_bits", "seen"]
 
 
 def causal_lm_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -512,7 +536,7 @@ def causal_lm_table(results: pd.DataFrame) -> pd.DataFrame:
     df = _prepare(results)
     df = df[~df["higher_is_better"].astype(bool)]
     metrics = [c for c in results.columns if c.startswith("metrics.") and df[c].notna().any()]
-    table = df.sort_values([*GROUP_KEYS, "method", "avg_bits", "config_name"])
+    table = df.sort_values([*GROUP_KEYS, "method", "seed", "avg_bits", "config_name"])
     table = table[CAUSAL_COLUMNS + metrics].rename(columns=lambda c: c.removeprefix("metrics."))
     return table.reset_index(drop=True)
 

@@ -100,19 +100,24 @@ def test_perplexity_equals_a_hand_computation_on_a_toy_model():
 
     # By hand: 4 windows of 5 tokens (3 tokens dropped); inside a window, token t + 1 is
     # predicted from token t; the first token of a window is never predicted.
-    nll, count = 0.0, 0
+    nll, count, per_window = 0.0, 0, []
     for w in range(4):
         tokens = stream[w * 5 : (w + 1) * 5].tolist()
+        start = nll
         for prev, nxt in zip(tokens[:-1], tokens[1:], strict=True):
             row = table[prev].tolist()
             log_norm = math.log(sum(math.exp(x) for x in row))
             nll += log_norm - row[nxt]
             count += 1
+        per_window.append((nll - start) / 4)
     assert count == 16
     assert result.num_windows == 4 and result.window == 5
     assert result.predicted_tokens == 16 and result.dropped_tokens == 3
     assert result.total_tokens == 23
     assert result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-9)
+    # The per-window mean NLLs (the record's per-example outcomes) in window order.
+    assert result.window_nll == pytest.approx(per_window, rel=1e-9)
+    assert "window_nll" not in result.protocol()
 
     # A model that knows nothing (uniform logits) has perplexity = vocabulary size.
     uniform = BigramModel(torch.zeros(vocab, vocab))

@@ -39,6 +39,7 @@ def record(method, config, bits, value, *, seen=None, quantizer="nf", trained=No
         "budget": None,
         "quantizer": quantizer,
         "metrics": {metric: value, **(metrics or {})},
+        "per_example": None,
         "primary_metric": metric,
         "higher_is_better": higher,
         "protocol": protocol,
@@ -300,7 +301,7 @@ def test_seen_unseen_matched_at_equal_bits(tmp_path):
 def test_causal_lm_table_columns(results):
     table = report.causal_lm_table(results)
     assert list(table.columns) == [
-        *["model", "task", "quantizer", "method", "config_name", "avg_bits", "seen"],
+        *["model", "task", "quantizer", "method", "seed", "config_name", "avg_bits", "seen"],
         *["perplexity", "bible_mc/acc"],
     ]  # no classification accuracy column: only the LM's metrics
     assert list(zip(table["method"], table["avg_bits"], table["perplexity"], strict=True)) == [
@@ -439,7 +440,7 @@ def test_two_results_for_one_method_and_configuration_are_refused(paths, tmp_pat
     """Two runs under one label (e.g. two experiments on the same model, task and quantizer)
     would merge into one group's points: refused, naming the method and configuration."""
     again = write(tmp_path / "again", [RECORDS[3]], name="again")  # QLoRA b3 once more
-    with pytest.raises(ValueError, match="two results for method 'qlora' on configuration 'b3'"):
+    with pytest.raises(ValueError, match="two results for method 'qlora' at seed 0 on configuration 'b3'"):
         report.summary_table(read_results([*paths, *again]))
     out = tmp_path / "t1.csv"
     assert main(["report", "table1", *map(str, [*paths, *again]), "--out", str(out)]) != 0

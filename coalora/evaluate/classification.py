@@ -63,7 +63,8 @@ def evaluate_classifier(
     max_length: int = 128,
     split: str = "test",
 ) -> tuple[dict[str, float], dict]:
-    """(metrics, protocol) of ``model`` on ``split`` of ``task``, in eval mode, without grad."""
+    """(metrics, protocol, per-example outcomes) of ``model`` on ``split`` of ``task``, in eval
+    mode, without grad."""
     if task.spec.kind != "classification":
         raise ValueError(f"task {task.spec.name!r} is {task.spec.kind}, not classification")
     model.eval()
@@ -78,4 +79,15 @@ def evaluate_classifier(
         "f1": f1_definition(num_labels),
         "num_labels": num_labels,
     }
-    return classification_metrics(predictions, labels, num_labels), protocol
+    metrics = classification_metrics(predictions, labels, num_labels)
+    return metrics, protocol, per_example_outcomes(predictions, labels)
+
+
+def per_example_outcomes(predictions: Sequence[int], labels: Sequence[int]) -> dict:
+    """The record's ``per_example``: one digit per example (labels are 0-9), in order."""
+    if any(not 0 <= v <= 9 for v in (*predictions, *labels)):
+        raise ValueError("per-example outcomes keep one digit per label: at most 10 labels")
+    return {
+        "predictions": "".join(map(str, predictions)),
+        "labels": "".join(map(str, labels)),
+    }

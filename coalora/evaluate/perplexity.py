@@ -31,10 +31,12 @@ class PerplexityResult:
     predicted_tokens: int
     total_tokens: int  # tokens in the joined text, before cutting windows
     dropped_tokens: int  # the tail shorter than a window, plus windows beyond ``max_windows``
+    # Mean token NLL of each window, in order (the record's per-example outcomes).
+    window_nll: tuple[float, ...] = ()
 
     def protocol(self) -> dict:
-        """Everything but the perplexity itself (which is a metric)."""
-        fields = {k: v for k, v in asdict(self).items() if k != "perplexity"}
+        """Everything but the perplexity and the per-window NLLs (metric and outcomes)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("perplexity", "window_nll")}
         return {"style": "gptq, non-overlapping windows", **fields}
 
 
@@ -85,7 +87,7 @@ def perplexity(
     windows = token_ids[: n * window].view(n, window)
     model.eval()
     device = next(model.parameters()).device
-    total_nll = 0.0
+    window_sums = []
     for start in range(0, n, batch_size):
         ids = windows[start : start + batch_size].to(device)
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
@@ -95,11 +97,11 @@ def perplexity(
         nll = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]),
             ids[:, 1:].reshape(-1),
-            reduction="sum",
+            reduction="none",
         )
-        total_nll += nll.item()
+        window_sums += nll.view(len(ids), -1).sum(dim=1).double().tolist()
     predicted = n * (window - 1)
-    mean_nll = total_nll / predicted
+    mean_nll = math.fsum(window_sums) / predicted
     return PerplexityResult(
         perplexity=math.exp(mean_nll),
         mean_nll=mean_nll,
@@ -108,4 +110,5 @@ def perplexity(
         predicted_tokens=predicted,
         total_tokens=len(token_ids),
         dropped_tokens=len(token_ids) - n * window,
+        window_nll=tuple(total / (window - 1) for total in window_sums),
     )

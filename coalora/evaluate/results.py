@@ -1,21 +1,28 @@
 """The evaluation results file: one JSON per (model, task, method, configuration).
 
 Every table and plot reads only these files, so the schema is checked both when a file is
-written and when it is read. Schema ``coalora.evaluation/1``::
+written and when it is read. Schema ``coalora.evaluation/2``::
 
-    {"schema": "coalora.evaluation/1",
+    {"schema": "coalora.evaluation/2",
      "model": str, "task": str, "method": str,
      "config_name": str,            # "ilp-3.000", a qconfig's name or file stem, "full-precision"
      "seen": bool | null,           # in the method's final training set (null: unknown / n.a.)
      "avg_bits": float, "budget": float | null,
      "quantizer": "nf" | "int" | "none",   # "none" only for the full-precision reference row
      "metrics": {name: float},
+     "per_example": {...} | null,   # per-example outcomes of the primary metric (below)
      "primary_metric": str, "higher_is_better": bool,
      "protocol": {...},             # how the numbers were measured (split, sizes, windows, ...)
      "hashes": {"qconfig": sha256, "base_weights": sha256, "checkpoint": sha256 | null},
      "seed": int, "train_seconds": float | null, "train_steps": int | null,
      "setup_seconds": float, "eval_seconds": float,
      "packages": {...}, "code_version": str}
+
+``per_example`` keeps what the claims' intervals resample (``coalora.stats``), compactly:
+classification ``{"predictions": "0110...", "labels": "0100..."}`` (one digit per test
+example, in the test split's order, so records of one task pair example by example);
+language modelling ``{"window_nll": [float, ...]}`` (mean token NLL of each perplexity
+window, in order; every window has the same length). ``null`` where there are none.
 
 ``read_result`` rejects a file that lacks a field, has an unknown one or a wrongly typed value,
 with a one-line ``ValueError`` naming the file and the field. ``read_results`` gives a pandas
@@ -35,7 +42,7 @@ from pathlib import Path
 
 from ..io import read_json, write_json
 
-SCHEMA = "coalora.evaluation/1"
+SCHEMA = "coalora.evaluation/2"
 QUANTIZERS = ("nf", "int", "none")
 # The name and hashes of the unquantized reference row.
 FULL_PRECISION = "full-precision"
@@ -61,6 +68,23 @@ def _is_dict(value) -> bool:
     return isinstance(value, dict)
 
 
+def _is_per_example(value) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    if set(value) == {"predictions", "labels"}:
+        p, y = value["predictions"], value["labels"]
+        return (
+            isinstance(p, str) and isinstance(y, str) and len(p) == len(y) > 0
+            and (p + y).isdigit()
+        )  # fmt: skip
+    if set(value) == {"window_nll"}:
+        nll = value["window_nll"]
+        return isinstance(nll, list) and len(nll) > 0 and all(_is_number(x) for x in nll)
+    return False
+
+
 def _is_sha256(value) -> bool:
     return (
         isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
@@ -81,6 +105,11 @@ FIELDS: dict[str, tuple] = {
     "metrics": (
         lambda v: _is_dict(v) and all(_is_str(k) and _is_number(x) for k, x in v.items()),
         "an object of metric name -> number",
+    ),
+    "per_example": (
+        _is_per_example,
+        'null, {"predictions": digits, "labels": digits} of equal length, or '
+        '{"window_nll": [numbers]}',
     ),
     "primary_metric": (_is_str, "a string"),
     "higher_is_better": (lambda v: isinstance(v, bool), "true or false"),
@@ -109,7 +138,9 @@ def validate_result(record: dict, source: str = "evaluation result") -> dict:
         if name not in record:
             raise ValueError(f"{source}: missing field {name!r}")
         if not check(record[name]):
-            raise ValueError(f"{source}: field {name!r} must be {expected}, got {record[name]!r}")
+            got = repr(record[name])
+            got = got if len(got) <= 80 else got[:77] + "..."
+            raise ValueError(f"{source}: field {name!r} must be {expected}, got {got}")
     unknown = sorted(set(record) - set(FIELDS))
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))}")

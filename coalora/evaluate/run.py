@@ -114,14 +114,15 @@ class TaskMeasure:
         return "perplexity", False
 
     @torch.no_grad()
-    def measure(self, model: torch.nn.Module) -> tuple[dict[str, float], dict]:
-        """(metrics, protocol) of ``model`` as it is now."""
+    def measure(self, model: torch.nn.Module) -> tuple[dict[str, float], dict, dict]:
+        """(metrics, protocol, per-example outcomes of the primary metric) of ``model`` as it
+        is now."""
         s = self.settings
         if self.kind == "classification":
-            metrics, protocol = evaluate_classifier(
+            metrics, protocol, per_example = evaluate_classifier(
                 model, self.loaded.tokenizer, self.task, s.batch_size, self.max_length
             )
-            return metrics, {"kind": "classification", **protocol, "limit": s.limit}
+            return metrics, {"kind": "classification", **protocol, "limit": s.limit}, per_example
         clock = time.perf_counter()
         result = perplexity(model, self.token_ids, self.window, s.ppl_batch_size, s.limit)
         metrics = {"perplexity": result.perplexity}
@@ -134,7 +135,7 @@ class TaskMeasure:
         if self.suite is not None:
             lm_metrics, protocol["lm_eval"] = self.suite.run(model, self.loaded.tokenizer, s.limit)
             metrics.update(lm_metrics)
-        return metrics, protocol
+        return metrics, protocol, {"window_nll": [round(x, 6) for x in result.window_nll]}
 
 
 # ============================================================================ records
@@ -167,6 +168,7 @@ def make_record(
     mqc: ModelQConfig | None,
     seen: bool | None,
     metrics: dict,
+    per_example: dict | None,
     primary: tuple[str, bool],
     protocol: dict,
     base_hash: str,
@@ -190,6 +192,7 @@ def make_record(
         "budget": None if mqc is None or mqc.budget is None else float(mqc.budget),
         "quantizer": "none" if mqc is None else mqc.quantizer,
         "metrics": metrics,
+        "per_example": per_example,
         "primary_metric": primary[0],
         "higher_is_better": primary[1],
         "protocol": protocol,
@@ -333,7 +336,7 @@ def evaluate_configs(
         model = method.prepare_eval(mqc)
         setup = time.perf_counter() - clock
         clock = time.perf_counter()
-        metrics, protocol = measure.measure(model)
+        metrics, protocol, per_example = measure.measure(model)
         evaluation = time.perf_counter() - clock
         protocol.update(_common_protocol(task_data, method.loaded, load_seconds, len(mqcs)))
         protocol["eval_settings"] = asdict(settings)
@@ -346,6 +349,7 @@ def evaluate_configs(
             mqc=mqc,
             seen=mqc.key() in trained_keys,
             metrics=metrics,
+            per_example=per_example,
             primary=measure.primary_metric,
             protocol=protocol,
             base_hash=manifest["base_weights_hash"],
@@ -404,7 +408,7 @@ def evaluate_base(
         loaded.model.eval()
         setup = time.perf_counter() - clock
         clock = time.perf_counter()
-        metrics, protocol = measure.measure(loaded.model)
+        metrics, protocol, per_example = measure.measure(loaded.model)
         evaluation = time.perf_counter() - clock
         protocol.update(_common_protocol(task_data, loaded, load_seconds, len(mqcs)))
         protocol["eval_settings"] = asdict(settings)
@@ -415,6 +419,7 @@ def evaluate_base(
             mqc=mqc,
             seen=None,
             metrics=metrics,
+            per_example=per_example,
             primary=measure.primary_metric,
             protocol=protocol,
             base_hash=base_hash,

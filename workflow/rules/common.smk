@@ -4,7 +4,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 RESULTS = config.get("results", "results")
-SEED = config.get("seed", 0)
+SEEDS = config.get("seeds", [0])
 QUANTIZER = config.get("quantizer", "nf")
 EXPERIMENTS = list(config["experiments"])
 
@@ -21,6 +21,7 @@ wildcard_constraints:
     exp=r"[A-Za-z0-9_.-]+",
     method=r"[a-z0-9-]+",
     cfg=r"[bu][0-9.]+",
+    seed=r"[0-9]+",
 
 
 def exp_conf(exp):
@@ -30,6 +31,18 @@ def exp_conf(exp):
 def quantizer_of(exp):
     """The experiment's quantizer (its own `quantizer`, else the global one)."""
     return exp_conf(exp).get("quantizer", QUANTIZER)
+
+
+def seeds_of(exp):
+    """Training seeds of an experiment (its own `seeds`, else the global ones): every training
+    and evaluation runs once per seed, under `s<seed>/` in its path."""
+    return exp_conf(exp).get("seeds", SEEDS)
+
+
+def artifact_seed(exp):
+    """The seed of what all seeds share (cost tables, hence the ILP configurations): the
+    experiment's first seed."""
+    return seeds_of(exp)[0]
 
 
 def _check_distinct_experiments():
@@ -65,8 +78,18 @@ def per_config(exp, label):
 
 
 def steps_for(exp, label):
+    """Optimizer steps of one run: the variant's own, else the experiment's `steps` (one
+    number for every method, the paper's protocol, or a per-method mapping)."""
     variant = exp_conf(exp).get("variants", {}).get(label, {})
-    return variant.get("steps") or exp_conf(exp)["steps"][base_method(exp, label)]
+    steps = exp_conf(exp)["steps"]
+    if variant.get("steps"):
+        return variant["steps"]
+    if isinstance(steps, int):
+        return steps
+    method = base_method(exp, label)
+    if method not in steps:
+        raise WorkflowError(f"experiment {exp!r}: `steps` has no entry for method {method!r}")
+    return steps[method]
 
 
 # Labels of per-configuration methods in any experiment (the `evaluate` rule's wildcard).
@@ -130,24 +153,32 @@ def cost_table_flags(exp):
     return " ".join(flags)
 
 
-def checkpoint_path(exp, method, cfg=None):
+def checkpoint_path(exp, method, seed, cfg=None):
     if per_config(exp, method):
-        return f"{RESULTS}/{exp}/{method}/{cfg}/checkpoint"
-    return f"{RESULTS}/{exp}/{method}/checkpoint"
+        return f"{RESULTS}/{exp}/{method}/s{seed}/{cfg}/checkpoint"
+    return f"{RESULTS}/{exp}/{method}/s{seed}/checkpoint"
+
+
+def eval_path(exp, method, seed, cfg):
+    return f"{RESULTS}/{exp}/{method}/s{seed}/eval/{cfg}.json"
 
 
 def all_evaluations(exp):
-    files = [f"{RESULTS}/{exp}/none/eval/{cfg}.json" for cfg in cfgs_for(exp, "none")]
-    for method in exp_methods(exp):
-        files += [f"{RESULTS}/{exp}/{method}/eval/{cfg}.json" for cfg in cfgs_for(exp, method)]
-    return files
+    """Every evaluation of an experiment: each method label (and the unadapted base `none`)
+    on each of its configurations, at each seed."""
+    return [
+        eval_path(exp, method, seed, cfg)
+        for seed in seeds_of(exp)
+        for method in ["none", *exp_methods(exp)]
+        for cfg in cfgs_for(exp, method)
+    ]
 
 
-def train_flags(exp, label):
+def train_flags(exp, label, seed):
     """--set KEY=VALUE for each training setting (the experiment's, then the variant's), plus
     the seed."""
     variant = exp_conf(exp).get("variants", {}).get(label, {})
-    settings = dict(exp_conf(exp).get("train", {}), **variant.get("train", {}), seed=SEED)
+    settings = dict(exp_conf(exp).get("train", {}), **variant.get("train", {}), seed=int(seed))
     return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in sorted(settings.items()))
 
 

@@ -1,9 +1,9 @@
-# Evaluation: one result JSON per (experiment, method, configuration). "none" is the
+# Evaluation: one result JSON per (experiment, method, seed, configuration). "none" is the
 # quantized base with no adapter (the floor every adapted method must beat).
 
 
 def eval_checkpoint(w):
-    return checkpoint_path(w.exp, w.method, w.cfg)
+    return checkpoint_path(w.exp, w.method, w.seed, w.cfg)
 
 
 rule evaluate:
@@ -12,11 +12,11 @@ rule evaluate:
         checkpoint=eval_checkpoint,
         qconfig=lambda w: qconfig_path(w.exp, w.method, w.cfg),
     output:
-        f"{RESULTS}/{{exp}}/{{method}}/eval/{{cfg}}.json",
+        f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/eval/{{cfg}}.json",
     wildcard_constraints:
         method="|".join(PER_CONFIG_LABELS) if PER_CONFIG_LABELS else "^$",
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/eval-{{cfg}}.tsv"
+        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/eval-{{cfg}}.tsv"
     params:
         flags=lambda w: eval_flags(w.exp),
     threads: lambda w: resources_for(w.exp, "evaluate").get("threads", 1)
@@ -25,7 +25,7 @@ rule evaluate:
         runtime=lambda w: resources_for(w.exp, "evaluate").get("runtime", 60),
         gpu=lambda w: resources_for(w.exp, "evaluate").get("gpu", 0),
     log:
-        f"{RESULTS}/logs/{{exp}}/{{method}}/eval-{{cfg}}.log",
+        f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/eval-{{cfg}}.log",
     shell:
         "{COALORA} evaluate --checkpoint {input.checkpoint} --qconfig {input.qconfig} "
         "--label {wildcards.method} {params.flags} --out {output} 2> {log}"
@@ -43,24 +43,24 @@ for _exp in EXPERIMENTS:
         name:
             f"evaluate_{_exp}"
         input:
-            checkpoint=f"{RESULTS}/{_exp}/{{method}}/checkpoint",
+            checkpoint=f"{RESULTS}/{_exp}/{{method}}/s{{seed}}/checkpoint",
             qconfigs=[f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in _cfgs],
         output:
-            [f"{RESULTS}/{_exp}/{{method}}/eval/{cfg}.json" for cfg in _cfgs],
+            [f"{RESULTS}/{_exp}/{{method}}/s{{seed}}/eval/{cfg}.json" for cfg in _cfgs],
         wildcard_constraints:
             method="|".join(_shared) if _shared else "^$",
         benchmark:
-            f"{RESULTS}/benchmarks/{_exp}/{{method}}/eval.tsv"
+            f"{RESULTS}/benchmarks/{_exp}/{{method}}/s{{seed}}/eval.tsv"
         params:
             flags=eval_flags(_exp),
-            out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/{w.method}/eval",
+            out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/{w.method}/s{w.seed}/eval",
         threads: resources_for(_exp, "evaluate").get("threads", 1)
         resources:
             mem_mb=resources_for(_exp, "evaluate").get("mem_mb", 8000),
             runtime=resources_for(_exp, "evaluate").get("runtime", 60),
             gpu=resources_for(_exp, "evaluate").get("gpu", 0),
         log:
-            f"{RESULTS}/logs/{_exp}/{{method}}/eval.log",
+            f"{RESULTS}/logs/{_exp}/{{method}}/s{{seed}}/eval.log",
         shell:
             "{COALORA} evaluate --checkpoint {input.checkpoint} --qconfigs {input.qconfigs} "
             "--label {wildcards.method} {params.flags} --out-dir {params.out_dir} 2> {log}"
@@ -72,22 +72,22 @@ for _exp in EXPERIMENTS:
             prepared=f"{RESULTS}/{_exp}/prepared.json",
             qconfigs=[f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in _cfgs],
         output:
-            [f"{RESULTS}/{_exp}/none/eval/{cfg}.json" for cfg in _cfgs],
+            [f"{RESULTS}/{_exp}/none/s{{seed}}/eval/{cfg}.json" for cfg in _cfgs],
         benchmark:
-            f"{RESULTS}/benchmarks/{_exp}/none/eval.tsv"
+            f"{RESULTS}/benchmarks/{_exp}/none/s{{seed}}/eval.tsv"
         params:
             model=exp_conf(_exp)["model"],
             task=exp_conf(_exp)["task"],
             flags=eval_flags(_exp),
-            out_dir=f"{RESULTS}/{_exp}/none/eval",
+            out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/none/s{w.seed}/eval",
         threads: resources_for(_exp, "evaluate").get("threads", 1)
         resources:
             mem_mb=resources_for(_exp, "evaluate").get("mem_mb", 8000),
             runtime=resources_for(_exp, "evaluate").get("runtime", 60),
             gpu=resources_for(_exp, "evaluate").get("gpu", 0),
         log:
-            f"{RESULTS}/logs/{_exp}/none/eval.log",
+            f"{RESULTS}/logs/{_exp}/none/s{{seed}}/eval.log",
         shell:
             "{COALORA} evaluate --model {params.model} --task {params.task} "
-            "--qconfigs {input.qconfigs} --seed {SEED} {params.flags} "
+            "--qconfigs {input.qconfigs} --seed {wildcards.seed} {params.flags} "
             "--out-dir {params.out_dir} 2> {log}"

@@ -23,11 +23,12 @@ rule cost_table:
         model=lambda w: exp_conf(w.exp)["model"],
         quantizer=lambda w: quantizer_of(w.exp),
         extra=lambda w: cost_table_flags(w.exp),
+        seed=lambda w: artifact_seed(w.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table.log",
     shell:
         "{COALORA} cost-table --model {params.model} --quantizer {params.quantizer} {params.extra} "
-        "--seed {SEED} --out {output[0]} 2> {log}"
+        "--seed {params.seed} --out {output[0]} 2> {log}"
 
 
 rule cost_table_lowrank:
@@ -42,11 +43,12 @@ rule cost_table_lowrank:
         quantizer=lambda w: quantizer_of(w.exp),
         extra=lambda w: cost_table_flags(w.exp),
         rank=lambda w: lora_rank(w.exp),
+        seed=lambda w: artifact_seed(w.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table-lowrank.log",
     shell:
         "{COALORA} cost-table --model {params.model} --quantizer {params.quantizer} {params.extra} "
-        "--lowrank-rank {params.rank} --seed {SEED} --out {output[0]} 2> {log}"
+        "--lowrank-rank {params.rank} --seed {params.seed} --out {output[0]} 2> {log}"
 
 
 # One job per experiment allocates every budget it needs: the ILP is fast, loading the model

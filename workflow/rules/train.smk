@@ -1,5 +1,6 @@
 # Training: one run per shared method, one run per configuration for per-configuration
-# methods. Every method goes through the same engine (coalora.train) and step budget.
+# methods, each once per seed (`s<seed>/` in the path). Every method goes through the same
+# engine (coalora.train) and step budget.
 
 
 def method_budget_flags(exp, label):
@@ -17,9 +18,9 @@ rule train:
         prepared=f"{RESULTS}/{{exp}}/prepared.json",
         costs=f"{RESULTS}/{{exp}}/cost_table.safetensors",
     output:
-        directory(f"{RESULTS}/{{exp}}/{{method}}/checkpoint"),
+        directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/checkpoint"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/train.tsv"
+        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train.tsv"
     params:
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
@@ -27,7 +28,7 @@ rule train:
         steps=lambda w: steps_for(w.exp, w.method),
         budgets=lambda w: method_budget_flags(w.exp, w.method),
         quantizer=lambda w: quantizer_of(w.exp),
-        settings=lambda w: train_flags(w.exp, w.method),
+        settings=lambda w: train_flags(w.exp, w.method, w.seed),
         data=lambda w: data_flags(w.exp),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
@@ -35,7 +36,7 @@ rule train:
         runtime=lambda w: resources_for(w.exp, "train").get("runtime", 120),
         gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
     log:
-        f"{RESULTS}/logs/{{exp}}/{{method}}/train.log",
+        f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/train.log",
     shell:
         "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} {params.budgets} {params.settings} {params.data} "
@@ -47,15 +48,15 @@ rule train_per_config:
         prepared=f"{RESULTS}/{{exp}}/prepared.json",
         qconfig=lambda w: qconfig_path(w.exp, w.method, w.cfg),
     output:
-        directory(f"{RESULTS}/{{exp}}/{{method}}/{{cfg}}/checkpoint"),
+        directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/{{cfg}}/checkpoint"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/train-{{cfg}}.tsv"
+        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.tsv"
     params:
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
         method=lambda w: base_method(w.exp, w.method),
         steps=lambda w: steps_for(w.exp, w.method),
-        settings=lambda w: train_flags(w.exp, w.method),
+        settings=lambda w: train_flags(w.exp, w.method, w.seed),
         data=lambda w: data_flags(w.exp),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
@@ -63,7 +64,7 @@ rule train_per_config:
         runtime=lambda w: resources_for(w.exp, "train").get("runtime", 120),
         gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
     log:
-        f"{RESULTS}/logs/{{exp}}/{{method}}/train-{{cfg}}.log",
+        f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.log",
     shell:
         "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} --qconfig {input.qconfig} {params.settings} {params.data} "
