@@ -113,7 +113,7 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    from .report import report_from_cli
+    from .report_cli import report_from_cli
 
     report_from_cli(args)
 
@@ -214,10 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="CSV to write")
     t.add_argument("--markdown", help="Markdown rendering to write")
     t.add_argument("--reference", default="qlora", help="method of the Acc. gap")
-    t = kinds.add_parser("tables", help="ablation, NF/INT, seen/unseen, causal-LM, paper tables")
+    t = kinds.add_parser("tables", help="ablation, NF/INT, seen/unseen, causal-LM, paper-relation tables")
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out-dir", required=True, help="folder for <table>.csv and <table>.md")
     t.add_argument("--reference", default="qlora", help="method of the Acc. gap")
+    t = kinds.add_parser("claims", help="verdicts on the paper's claims, with 95% intervals")
+    t.add_argument("results", nargs="+", help="evaluation JSON files")
+    t.add_argument("--out", required=True, help="CSV to write (one row per claim test)")
+    t.add_argument("--markdown", help="Markdown to write (verdict per claim, then the tests)")
+    t.add_argument(
+        "--replicates", type=int, default=1000, help="paired bootstrap draws of the test examples"
+    )
     for kind, what in [
         ("pareto", "metric vs average bits, one line per method"),
         ("seen-unseen", "metric vs average bits, seen (filled) vs unseen (hollow) configurations"),

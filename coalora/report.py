@@ -55,10 +55,9 @@ Tables:
 - ``causal_lm_table``: groups with a lower-is-better primary metric (perplexity), one row per
   evaluation: model, task, quantizer, method, config_name, avg_bits, seen and every metric
   (perplexity, lm-eval accuracies), sorted by method then bits.
-- ``paper_table``: the paper's main table (``PAPER_TABLE1``, RoBERTa-large on GLUE, the
-  paper's own numbers, not ours) beside our table1 numbers for the same four methods, per
-  group: paper_<task> cells "HV / gap / minutes", our_hv, our_acc_gap, our_train_minutes (empty
-  where we did not run the method) and ``scale`` (the paper's setting against ours).
+
+The paper's numbers, the claims and the ``paper`` table of relations live in
+``coalora.claims`` (which reads these tables' definitions, never the other way round).
 """
 
 from __future__ import annotations
@@ -79,47 +78,6 @@ SHARED_ADAPTER = {"shared-lora"}
 FULL_PRECISION = "full-precision"
 REFERENCE_ROWS = {"none", FULL_PRECISION}
 GROUP_KEYS = ["model", "task", "quantizer"]
-
-# The paper's reported main table (METHOD.md section 8): RoBERTa-large on GLUE, six evaluated
-# configurations; per task (HV, Acc. gap vs QLoRA in points or None, fine-tuning minutes).
-# These are the PAPER's numbers, quoted for comparison; nothing here is measured by us.
-PAPER_TABLE1 = {
-    "QLoRA": {
-        "QNLI": (0.58, None, 119),
-        "MNLI": (0.54, None, 208),
-        "SST-2": (0.63, None, 97),
-        "QQP": (0.54, None, 189),
-    },
-    "LQ-LoRA": {
-        "QNLI": (0.59, 2.81, 108),
-        "MNLI": (0.57, 8.13, 183),
-        "SST-2": (0.64, 1.54, 91),
-        "QQP": (0.54, 0.47, 172),
-    },
-    "Shared-LoRA": {
-        "QNLI": (0.60, 2.90, 21),
-        "MNLI": (0.57, 8.11, 35),
-        "SST-2": (0.61, -5.06, 19),
-        "QQP": (0.53, -1.18, 32),
-    },
-    "CoA-LoRA": {
-        "QNLI": (0.62, 4.34, 57),
-        "MNLI": (0.59, 8.89, 91),
-        "SST-2": (0.67, 1.74, 52),
-        "QQP": (0.60, 7.87, 88),
-    },
-}
-PAPER_NAMES = {
-    "qlora": "QLoRA",
-    "lqlora": "LQ-LoRA",
-    "shared-lora": "Shared-LoRA",
-    "coalora": "CoA-LoRA",
-}
-PAPER_SCALE = (
-    "paper: RoBERTa-large (355M) on GLUE, 6 evaluated configurations, "
-    "10 epochs per run (thousands of steps) on GPU"
-)
-
 
 # --- shared grouping and statistics --------------------------------------------------------
 
@@ -223,15 +181,23 @@ def method_hypervolume(points: pd.DataFrame, worst: float | None = None) -> floa
     """HV of one method's (avg_bits, metric) points; see the module docstring."""
     if points.empty:
         return float("nan")
-    higher = bool(points["higher_is_better"].iloc[0])
-    value = points["value"].to_numpy(dtype=float)
+    return hv_of(
+        points["avg_bits"].to_numpy(dtype=float),
+        points["value"].to_numpy(dtype=float),
+        bool(points["higher_is_better"].iloc[0]),
+        worst,
+    )
+
+
+def hv_of(bits: np.ndarray, value: np.ndarray, higher: bool, worst: float | None = None) -> float:
+    """HV of (bits, metric) points as arrays (``method_hypervolume`` without the frame)."""
     # Lower-is-better metrics (perplexity >= 1) in log space; see the module docstring.
     objective = 1.0 - value if higher else np.log(np.maximum(value, 1.0))
     if higher:
         ref_y = 1.0
     else:
         ref_y = math.log(1.1 * max(float(worst if worst is not None else value.max()), 1.0))
-    pts = np.column_stack([points["avg_bits"].to_numpy(dtype=float), objective])
+    pts = np.column_stack([bits, objective])
     return hypervolume(pts, ref=[MAX_BITS, ref_y], ideal=[MIN_BITS, 0.0])
 
 
@@ -541,61 +507,6 @@ def causal_lm_table(results: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _paper_cell(hv: float, gap: float | None, minutes: float) -> str:
-    return f"{hv:.2f} / {'-' if gap is None else f'{gap:+.2f}'} / {minutes:g}m"
-
-
-def _our_scale(group: Group) -> str:
-    configs = _quantized(group.rows)["config_name"].nunique()
-    steps = group.rows.drop_duplicates("hashes.checkpoint")["train_steps"].dropna().astype(int)
-    steps_text = (
-        "no"
-        if steps.empty
-        else f"{steps.min()}" + (f"-{steps.max()}" if steps.max() != steps.min() else "")
-    )
-    return (
-        f"{PAPER_SCALE}; ours: {group.model} on {group.task} ({group.quantizer}), "
-        f"{configs} evaluated configurations, {steps_text} optimizer steps per run"
-    )
-
-
-PAPER_COLUMNS = [
-    *GROUP_KEYS,
-    "method",
-    *(f"paper_{task}" for task in PAPER_TABLE1["CoA-LoRA"]),
-    "our_hv",
-    "our_acc_gap",
-    "our_train_minutes",
-    "scale",
-]
-
-
-def paper_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
-    """The paper's reported main table beside ours, per group and paper method."""
-    ours = summary_table(results, reference).set_index([*GROUP_KEYS, "method"])
-    rows = []
-    for group in experiment_groups(results, reference):
-        scale = _our_scale(group)
-        for registry, name in PAPER_NAMES.items():
-            paper = {f"paper_{t}": _paper_cell(*cell) for t, cell in PAPER_TABLE1[name].items()}
-            key = (*group.key.values(), registry)
-            mine = ours.loc[key] if key in ours.index else None
-            rows.append(
-                {
-                    **group.key,
-                    "method": name,
-                    **paper,
-                    "our_hv": float("nan") if mine is None else mine["hv"],
-                    "our_acc_gap": float("nan") if mine is None else mine["acc_gap"],
-                    "our_train_minutes": (
-                        float("nan") if mine is None else mine["train_seconds"] / 60.0
-                    ),
-                    "scale": scale,
-                }
-            )
-    return _frame(rows, PAPER_COLUMNS)
-
-
 # name -> (table(results, reference), why it can be empty): `coalora report tables` outputs.
 TABLES = {
     "rank": (rank_table, "no trained method was evaluated at two or more LoRA ranks"),
@@ -609,7 +520,6 @@ TABLES = {
         lambda results, reference: causal_lm_table(results),
         "no lower-is-better (perplexity) task",
     ),
-    "paper": (paper_table, "no results"),
 }
 
 
@@ -644,39 +554,50 @@ def _pyplot():
 
 
 def pareto_figure(results: pd.DataFrame, title: str = ""):
-    """Primary metric vs average bits, one line per method (sorted by bits); hollow markers
-    for configurations that are unseen (``seen`` is False)."""
-    plt = _pyplot()
-    df = results.copy()
-    df["value"] = [row[f"metrics.{row['primary_metric']}"] for _, row in df.iterrows()]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for method, m in df.groupby("method", sort=True):
-        m = m.sort_values("avg_bits")
-        line = ax.plot(m["avg_bits"], m["value"], "-", label=method, alpha=0.8)[0]
-        unseen = m["seen"].eq(False)
-        ax.scatter(m.loc[~unseen, "avg_bits"], m.loc[~unseen, "value"], color=line.get_color())
-        ax.scatter(
-            m.loc[unseen, "avg_bits"],
-            m.loc[unseen, "value"],
-            facecolors="none",
-            edgecolors=line.get_color(),
-        )
-    metric = df["primary_metric"].iloc[0]
-    ax.set_xlabel("average bits per parameter")
-    ax.set_ylabel(metric + ("" if df["higher_is_better"].iloc[0] else " (lower is better)"))
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    """Primary metric vs average bits, one panel per group and one line per method: the mean
+    over seeds (geometric for perplexity) with bars from the lowest to the highest seed;
+    hollow markers for unseen configurations; perplexity on a log axis."""
+    panels = []
+    for group in experiment_groups(results):
+        q = _quantized(group.rows)
+        if len(q):
+            panels.append((group, [(m, rows, {}) for m, rows in q.groupby("method", sort=True)]))
+    return _group_figure(panels, title, "no quantized evaluations")
 
 
-def _plot_method(ax, rows: pd.DataFrame, label: str, **line_style) -> None:
-    """One method's line; filled markers for seen configurations, hollow for unseen."""
-    rows = _quantized(rows).sort_values("avg_bits")
-    line = ax.plot(rows["avg_bits"], rows["value"], label=label, alpha=0.8, **line_style)[0]
+def seed_summary(rows: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
+    """Per configuration: avg_bits, unseen, the mean value over seeds (geometric for
+    lower-is-better metrics such as perplexity), its lowest and highest seed, and n_seeds."""
+
+    def centre(values):
+        return values.mean() if higher_is_better else float(np.exp(np.log(values).mean()))
+
+    summary = rows.groupby("config_name").agg(
+        avg_bits=("avg_bits", "first"),
+        unseen=("unseen", "any"),
+        value=("value", centre),
+        low=("value", "min"),
+        high=("value", "max"),
+        n_seeds=("seed", "nunique"),
+    )
+    return summary.sort_values("avg_bits")
+
+
+def _plot_method(ax, rows: pd.DataFrame, label: str, higher_is_better: bool, **style) -> None:
+    """One method's line through its seed means; bars span the seeds (when there are
+    several); filled markers for seen configurations, hollow for unseen."""
+    points = seed_summary(_quantized(rows), higher_is_better)
+    seeds = int(points["n_seeds"].max()) if len(points) else 0
+    label = f"{label} ({seeds} seeds)" if seeds > 1 else label
+    line = ax.plot(points["avg_bits"], points["value"], label=label, alpha=0.8, **style)[0]
     color = line.get_color()
-    seen, unseen = rows[~rows["unseen"]], rows[rows["unseen"]]
+    if seeds > 1:
+        ax.errorbar(
+            points["avg_bits"], points["value"],
+            yerr=[points["value"] - points["low"], points["high"] - points["value"]],
+            fmt="none", ecolor=color, alpha=0.6, capsize=3,
+        )  # fmt: skip
+    seen, unseen = points[~points["unseen"]], points[points["unseen"]]
     ax.scatter(seen["avg_bits"], seen["value"], color=color, zorder=3)
     ax.scatter(unseen["avg_bits"], unseen["value"], facecolors="white", edgecolors=color, zorder=3)
 
@@ -702,18 +623,22 @@ def _group_figure(panels: list[Panel], title: str, empty: str):
         Line2D([], [], ls="", marker="o", color="gray", label="seen (filled)"),
         Line2D([], [], ls="", marker="o", mfc="white", color="gray", label="unseen (hollow)"),
     ]
+    bars = Line2D([], [], ls="-", marker="|", color="gray", label="bars: lowest to highest seed")
     for ax, (group, lines) in zip(axes[0], panels, strict=False):
         for label, rows, style in lines:
-            _plot_method(ax, rows, label, **style)
+            _plot_method(ax, rows, label, group.higher_is_better, **style)
         full = group.rows[group.rows["quantizer"] == "none"]
         if len(full):
             ax.axhline(full["value"].mean(), color="black", ls=":", lw=1, label="full precision")
-        lower = "" if group.higher_is_better else " (lower is better)"
+        lower = "" if group.higher_is_better else " (lower is better, log scale)"
+        if not group.higher_is_better:
+            ax.set_yscale("log")  # perplexities span decades at low bits
         ax.set_xlabel("average bits per parameter")
         ax.set_ylabel(group.metric + lower)
         ax.set_title(f"{title} {group.model} / {group.task} / {group.quantizer}".strip())
         ax.grid(alpha=0.3)
-        ax.legend(handles=ax.get_legend_handles_labels()[0] + markers, fontsize=8)
+        seeded = [bars] if group.rows["seed"].nunique() > 1 else []
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + markers + seeded, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -752,50 +677,3 @@ FIGURES = {
     "seen-unseen": seen_unseen_figure,
     "search-ablation": search_ablation_figure,
 }
-
-
-# --- command line -------------------------------------------------------------------------
-
-
-def _write_table(table: pd.DataFrame, csv_path, md_path=None, empty: str = "") -> None:
-    from .io import atomic_path
-
-    with atomic_path(csv_path, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    if md_path:
-        with atomic_path(md_path, suffix=".md") as tmp:
-            tmp.write_text(to_markdown(table, empty=empty))
-
-
-def _write_figure(fig, png, svg=None) -> None:
-    from .io import atomic_path
-
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    if svg:
-        with atomic_path(svg, suffix=".svg") as tmp:
-            fig.savefig(tmp, format="svg")
-    _pyplot().close(fig)
-
-
-def report_from_cli(args) -> None:
-    from pathlib import Path
-
-    from .evaluate.results import read_results
-
-    results = read_results(args.results)
-    if not len(results):
-        raise ValueError("no evaluation results given")
-    if args.report == "table1":
-        table = summary_table(results, reference=args.reference)
-        _write_table(table, args.out, args.markdown)
-        print(f"wrote {args.out}: {len(table)} rows")
-    elif args.report == "tables":
-        out = Path(args.out_dir)
-        for name, (function, empty) in TABLES.items():
-            table = function(results, args.reference)
-            _write_table(table, out / f"{name}.csv", out / f"{name}.md", empty)
-            print(f"wrote {out / name}.csv/.md: {len(table)} rows")
-    else:
-        _write_figure(FIGURES[args.report](results, args.title), args.out, args.svg)
-        print(f"wrote {args.out}")

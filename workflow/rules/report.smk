@@ -24,6 +24,24 @@ rule table1:
         "--markdown {output.md} {input} 2> {log}"
 
 
+rule claims:
+    """Verdicts on the paper's claims (coalora/claims.yaml), with 95% intervals over seeds
+    and test samples."""
+    input:
+        every_evaluation(),
+    output:
+        csv=report(
+            f"{RESULTS}/claims.csv",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+        md=f"{RESULTS}/claims.md",
+    log:
+        f"{RESULTS}/logs/claims.log",
+    shell:
+        "{COALORA} report claims --out {output.csv} --markdown {output.md} {input} 2> {log}"
+
+
 rule pareto_figure:
     input:
         lambda w: all_evaluations(w.exp),
@@ -42,7 +60,8 @@ rule pareto_figure:
 
 
 # The further tables (rank, search and quantizer ablations, seen vs unseen, the causal-LM
-# table, the paper comparison). A table with nothing to show is written with its header only.
+# table, the paper's relations beside ours). A table with nothing to show is written with
+# its header only.
 TABLES = ["rank", "search", "quantizer", "seen_unseen", "causal_lm", "paper"]
 
 

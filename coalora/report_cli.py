@@ -1,0 +1,67 @@
+"""``coalora report``: tables, claims and figures from evaluation JSONs, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import claims, report
+from .evaluate.results import read_results
+from .io import atomic_path
+
+# name -> (table(results, reference), why it can be empty): `coalora report tables` outputs.
+TABLES = {
+    **report.TABLES,
+    "paper": (
+        lambda results, reference: claims.paper_table(results),
+        "no group has two methods that the paper's main table relates",
+    ),
+}
+
+
+def write_table(table: pd.DataFrame, csv_path, md_path=None, empty: str = "") -> None:
+    with atomic_path(csv_path, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    if md_path:
+        with atomic_path(md_path, suffix=".md") as tmp:
+            tmp.write_text(report.to_markdown(table, empty=empty))
+
+
+def write_figure(fig, png, svg=None) -> None:
+    with atomic_path(png, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    if svg:
+        with atomic_path(svg, suffix=".svg") as tmp:
+            fig.savefig(tmp, format="svg")
+    report._pyplot().close(fig)
+
+
+def report_from_cli(args) -> None:
+    results = read_results(args.results)
+    if not len(results):
+        raise ValueError("no evaluation results given")
+    if args.report == "table1":
+        table = report.summary_table(results, reference=args.reference)
+        write_table(table, args.out, args.markdown)
+        print(f"wrote {args.out}: {len(table)} rows")
+    elif args.report == "tables":
+        out = Path(args.out_dir)
+        for name, (function, empty) in TABLES.items():
+            table = function(results, args.reference)
+            write_table(table, out / f"{name}.csv", out / f"{name}.md", empty)
+            print(f"wrote {out / name}.csv/.md: {len(table)} rows")
+    elif args.report == "claims":
+        book = claims.load_claims()
+        table = claims.claims_table(results, book, replicates=args.replicates)
+        summary = claims.claims_summary(table, book)
+        write_table(table, args.out)
+        if args.markdown:
+            with atomic_path(args.markdown, suffix=".md") as tmp:
+                tmp.write_text(claims.claims_markdown(table, summary))
+        for row in summary.itertuples(index=False):
+            print(f"{row.claim}: {row.verdict} ({row.tests} tests)")
+        print(f"wrote {args.out}: {len(table)} rows")
+    else:
+        write_figure(report.FIGURES[args.report](results, args.title), args.out, args.svg)
+        print(f"wrote {args.out}")

@@ -1,0 +1,188 @@
+"""Effects with 95% intervals that count both sources of noise: training seeds and test samples.
+
+A comparison (CoA-LoRA against QLoRA, say) is computed once per training seed from that
+seed's evaluation records, giving per-seed effects ``d_s``; the reported effect is their mean
+``D``. Two things would change ``D`` if the experiment were run again:
+
+- **the training seed** (initialisation, data order, search): estimated from the spread of
+  the ``d_s``, ``se_seed^2 = var(d_s) / S`` (sample variance, S seeds);
+- **the test sample** (which examples or perplexity windows happened to be in the test
+  split): estimated by a paired bootstrap. Every replicate draws the test examples with
+  replacement ONCE and applies the same draw to every record being compared (all methods,
+  configurations and seeds evaluated the same examples, in the same order), recomputes
+  every metric from the per-example outcomes, then the per-seed effects and ``D``;
+  ``se_test^2`` is the variance of ``D`` over replicates.
+
+The interval is ``D +- t * sqrt(se_seed^2 + se_test^2)``, with Welch-Satterthwaite degrees of
+freedom (the seed part has S - 1, the bootstrap part is taken as exact), so three seeds give
+a wide t quantile rather than a falsely narrow interval. The per-seed spread already carries
+each seed's own test noise, so the sum counts that part twice: the interval errs wide
+(``tests/test_stats.py`` measures its coverage on simulated records with a known effect).
+
+With one seed the seed part cannot be estimated and is left out (``noise`` says so); without
+per-example outcomes the test part is left out; with neither the effect is a single
+measurement and has no interval. Ratios (training times) are taken on the log scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+CONFIDENCE = 0.95
+BOOTSTRAP_REPLICATES = 1000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An effect and its 95% interval (``low``/``high`` NaN for a single measurement)."""
+
+    effect: float
+    low: float
+    high: float
+    n_seeds: int
+    se_seed: float
+    se_test: float
+    noise: str  # which sources the interval counts, in words
+
+    @property
+    def decided(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+
+def noise_sources(n_seeds: int, resampled: bool) -> str:
+    if n_seeds > 1 and resampled:
+        return f"{n_seeds} seeds + test samples"
+    if n_seeds > 1:
+        return f"{n_seeds} seeds (test-sample noise not counted)"
+    if resampled:
+        return "test samples only (1 seed: seed variance not counted)"
+    return "single measurement (1 seed, no per-example outcomes)"
+
+
+def combine(per_seed: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
+    """The interval from per-seed effects under each test resampling.
+
+    ``per_seed`` has shape (S, 1 + B): column 0 the effects on the observed test sample,
+    columns 1.. the same effects under B paired bootstrap draws (B = 0: no resampling)."""
+    per_seed = np.asarray(per_seed, dtype=float)
+    if per_seed.ndim != 2 or per_seed.shape[0] < 1 or per_seed.shape[1] < 1:
+        raise ValueError(f"per-seed effects must be (seeds, 1 + replicates), got {per_seed.shape}")
+    n_seeds, columns = per_seed.shape
+    effect = float(per_seed[:, 0].mean())
+    resampled = columns > 1
+    se_seed2 = float(per_seed[:, 0].var(ddof=1)) / n_seeds if n_seeds > 1 else 0.0
+    se_test2 = float(per_seed[:, 1:].mean(axis=0).var(ddof=1)) if resampled else 0.0
+    variance = se_seed2 + se_test2
+    noise = noise_sources(n_seeds, resampled)
+    if not (n_seeds > 1 or resampled) or not math.isfinite(variance):
+        return Interval(effect, math.nan, math.nan, n_seeds, 0.0, 0.0, noise)
+    if se_seed2 > 0:
+        df = variance**2 / (se_seed2**2 / (n_seeds - 1))
+        quantile = float(scipy_stats.t.ppf(0.5 + confidence / 2, df))
+    else:
+        quantile = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
+    half = quantile * math.sqrt(variance)
+    return Interval(
+        effect, effect - half, effect + half, n_seeds, math.sqrt(se_seed2), math.sqrt(se_test2),
+        noise,
+    )  # fmt: skip
+
+
+def log_ratio_interval(per_seed_ratios: Sequence[float], confidence: float = CONFIDENCE):
+    """A ratio's interval over seeds (log scale, back-transformed): training times, which
+    have no test sample."""
+    ratios = np.asarray(per_seed_ratios, dtype=float)
+    if (ratios <= 0).any():
+        raise ValueError(f"ratios must be positive, got {ratios.tolist()}")
+    interval = combine(np.log(ratios)[:, None], confidence)
+    return Interval(
+        math.exp(interval.effect),
+        math.exp(interval.low) if interval.decided else math.nan,
+        math.exp(interval.high) if interval.decided else math.nan,
+        interval.n_seeds, interval.se_seed, 0.0, interval.noise,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def bootstrap_weights(n: int, replicates: int, seed: int = 0) -> np.ndarray:
+    """(1 + replicates, n) example counts: row 0 all ones (the observed sample), then paired
+    bootstrap draws (multinomial counts of n draws with replacement)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates) if replicates else []
+    return np.vstack([np.ones((1, n)), np.asarray(draws, dtype=float).reshape(-1, n)])
+
+
+def _f1(predicted: np.ndarray, labels: np.ndarray, cls: int, weights: np.ndarray):
+    tp = weights @ ((predicted == cls) & (labels == cls)).astype(float)
+    fp = weights @ ((predicted == cls) & (labels != cls)).astype(float)
+    fn = weights @ ((predicted != cls) & (labels == cls)).astype(float)
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+
+
+def metric_under_weights(
+    per_example: dict, metric: str, weights: np.ndarray, num_labels: int | None = None
+) -> np.ndarray:
+    """A record's primary metric recomputed under each row of example ``weights``.
+
+    ``per_example`` as in the results schema; ``metric`` accuracy, f1 (binary F1 of class 1
+    for two labels, else macro, as ``coalora.evaluate.classification``) or perplexity."""
+    if "window_nll" in per_example:
+        if metric != "perplexity":
+            raise ValueError(f"per-window NLLs give perplexity, not {metric!r}")
+        nll = np.asarray(per_example["window_nll"], dtype=float)
+        return np.exp(weights @ nll / weights.sum(axis=1))
+    predicted = np.frombuffer(per_example["predictions"].encode(), dtype=np.uint8) - 48
+    labels = np.frombuffer(per_example["labels"].encode(), dtype=np.uint8) - 48
+    if metric == "accuracy":
+        return weights @ (predicted == labels).astype(float) / weights.sum(axis=1)
+    if metric == "f1":
+        classes = num_labels or int(max(predicted.max(), labels.max())) + 1
+        if classes <= 2:
+            return _f1(predicted, labels, 1, weights)
+        return np.mean([_f1(predicted, labels, c, weights) for c in range(classes)], axis=0)
+    raise ValueError(f"no per-example recomputation for metric {metric!r}")
+
+
+def per_example_key(per_example: dict | None):
+    """What must agree for two records to be resampled together: the labels (classification)
+    or the number of windows (language modelling)."""
+    if not per_example:
+        return None
+    if "window_nll" in per_example:
+        return ("windows", len(per_example["window_nll"]))
+    return ("labels", per_example["labels"])
+
+
+def resampled_values(
+    records: Sequence[dict], metric: str, replicates: int = BOOTSTRAP_REPLICATES, seed: int = 0
+) -> np.ndarray:
+    """(len(records), 1 + B) primary-metric values: column 0 as recorded, then under B paired
+    bootstrap draws of the test examples shared by every record. B is 0 (one column, the
+    recorded values) when a record has no per-example outcomes or they differ in examples."""
+    observed = np.array([float(r["value"]) for r in records])[:, None]
+    keys = {per_example_key(r.get("per_example")) for r in records}
+    if not records or None in keys or len(keys) != 1 or replicates == 0:
+        return observed
+    n = len(records[0]["per_example"].get("window_nll") or records[0]["per_example"]["labels"])
+    weights = bootstrap_weights(n, replicates, seed)
+    values = np.vstack(
+        [metric_under_weights(r["per_example"], metric, weights[1:]) for r in records]
+    )
+    return np.hstack([observed, values])
+
+
+def interval_of(
+    effect_at: Callable[[int, np.ndarray], float], seeds: Sequence[int], columns: int
+) -> Interval:
+    """Evaluate ``effect_at(seed, column)`` for every seed and value column (0: observed,
+    1..: bootstrap replicates) and combine (``combine``)."""
+    per_seed = np.array([[effect_at(s, c) for c in range(columns)] for s in seeds], dtype=float)
+    return combine(per_seed)
