@@ -132,12 +132,13 @@ class GroupEvidence:
         rows = report._quantized(group.rows).reset_index(drop=True)
         if "per_example" not in rows:
             rows["per_example"] = None
+        rows["_row"] = np.arange(len(rows))  # the row of each record in ``values``
         self.rows = rows
         records = rows.to_dict("records")
         self.values = resampled_values(records, group.metric, replicates)
         self.columns = self.values.shape[1]
 
-    # -- sides
+    # -- sides (frames of ``rows``; their index is the row in ``values``)
     def label_rows(self, label: str) -> pd.DataFrame:
         return self.rows[self.rows["method"] == label]
 
@@ -174,53 +175,70 @@ class GroupEvidence:
             return (" + ".join(labels) or f"search_mode={spec['search_mode']}"), rows
         raise ValueError(f"claims: cannot resolve side {spec!r}")
 
-    # -- statistics
-    def _values(self, rows: pd.DataFrame, column: int) -> np.ndarray:
-        return self.values[rows.index.to_numpy(), column]
+    # -- statistics: each prepares per-seed arrays once, then loops over value columns
+    def _per_seed(self, seeds, prepare, effect) -> Interval:
+        """``prepare(seed)`` -> arrays of that seed; ``effect(arrays, column)`` -> float."""
+        prepared = {s: prepare(s) for s in seeds}
+        return interval_of(lambda s, c: effect(prepared[s], c), seeds, self.columns)
 
     def _scale(self, values):
         return report.gap_scale(values, self.group.higher_is_better)
 
     def hv_diff(self, a: pd.DataFrame, b: pd.DataFrame, seeds) -> Interval:
-        def hv(rows, column):
-            return report.hv_of(
-                rows["avg_bits"].to_numpy(float),
-                self._values(rows, column),
-                self.group.higher_is_better,
-                self.group.worst,
-            )
+        higher, worst = self.group.higher_is_better, self.group.worst
 
-        return self._per_seed(
-            seeds, lambda s, c: hv(a[a["seed"] == s], c) - hv(b[b["seed"] == s], c)
-        )
+        def prepare(seed):
+            a_s, b_s = a[a["seed"] == seed], b[b["seed"] == seed]
+            return [(r.index.to_numpy(), r["avg_bits"].to_numpy(float)) for r in (a_s, b_s)]
+
+        def effect(sides, column):
+            (ia, bits_a), (ib, bits_b) = sides
+            hv_a = report.hv_of(bits_a, self.values[ia, column], higher, worst)
+            return hv_a - report.hv_of(bits_b, self.values[ib, column], higher, worst)
+
+        return self._per_seed(seeds, prepare, effect)
 
     def gap(self, a: pd.DataFrame, b: pd.DataFrame, seeds) -> Interval:
-        def effect(seed, column):
-            a_s, b_s = a[a["seed"] == seed], b[b["seed"] == seed]
-            ya = pd.Series(self._scale(self._values(a_s, column)), index=a_s["config_name"])
-            yb = pd.Series(self._scale(self._values(b_s, column)), index=b_s["config_name"])
-            shared = ya.index.intersection(yb.index)
-            return float((ya[shared] - yb[shared]).mean()) if len(shared) else math.nan
+        def prepare(seed):
+            a_s = a[a["seed"] == seed].set_index("config_name")
+            b_s = b[b["seed"] == seed].set_index("config_name")
+            shared = a_s.index.intersection(b_s.index)
+            return a_s.loc[shared, "_row"].to_numpy(), b_s.loc[shared, "_row"].to_numpy()
 
-        return self._per_seed(seeds, effect)
+        def effect(rows, column):
+            ia, ib = rows
+            if not len(ia):
+                return math.nan
+            diff = self._scale(self.values[ia, column]) - self._scale(self.values[ib, column])
+            return float(diff.mean())
+
+        return self._per_seed(seeds, prepare, effect)
 
     def unseen_gap(self, a: pd.DataFrame, seeds) -> Interval:
-        def effect(seed, column):
+        def prepare(seed):
             rows = a[a["seed"] == seed]
-            y = self._scale(self._values(rows, column))
-            seen, unseen = ~rows["unseen"].to_numpy(), rows["unseen"].to_numpy()
-            curve = pd.Series(y[seen], index=rows["avg_bits"].to_numpy()[seen]).groupby(level=0).mean()
-            bits = rows["avg_bits"].to_numpy()[unseen]
-            inside = (bits >= curve.index.min()) & (bits <= curve.index.max())
-            if curve.empty or not inside.any():
+            seen, unseen = rows[~rows["unseen"]], rows[rows["unseen"]]
+            if seen.empty:
+                return None
+            lo, hi = seen["avg_bits"].min(), seen["avg_bits"].max()
+            unseen = unseen[(unseen["avg_bits"] >= lo) & (unseen["avg_bits"] <= hi)]
+            if unseen.empty:
+                return None
+            # The seen curve: mean over configurations at equal bits, in bit order.
+            bits, which = np.unique(seen["avg_bits"].to_numpy(float), return_inverse=True)
+            unseen_bits = unseen["avg_bits"].to_numpy(float)
+            return seen["_row"].to_numpy(), bits, which, unseen["_row"].to_numpy(), unseen_bits
+
+        def effect(arrays, column):
+            if arrays is None:
                 return math.nan
-            reference = np.interp(bits[inside], curve.index.to_numpy(), curve.to_numpy())
-            return float(np.mean(y[unseen][inside] - reference))
+            seen_rows, bits, which, unseen_rows, unseen_bits = arrays
+            y_seen = self._scale(self.values[seen_rows, column])
+            curve = np.bincount(which, y_seen) / np.bincount(which)
+            reference = np.interp(unseen_bits, bits, curve)
+            return float(np.mean(self._scale(self.values[unseen_rows, column]) - reference))
 
-        return self._per_seed(seeds, effect)
-
-    def _per_seed(self, seeds, effect) -> Interval:
-        return interval_of(effect, seeds, self.columns)
+        return self._per_seed(seeds, prepare, effect)
 
 
 def _run_seconds(rows: pd.DataFrame, seed: int) -> float:
