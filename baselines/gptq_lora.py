@@ -29,9 +29,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -48,6 +48,9 @@ INSTALL_HINT = "pip install 'llmcompressor==0.14.*'"
 GPTQ_BASE_FILE = "gptq_base.safetensors"
 GPTQ_CONFIG_FILE = "gptq_qconfig.json"
 PIPELINES = ("sequential", "basic")
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def llmcompressor_available() -> bool:
@@ -266,4 +269,6 @@ def load_gptq_adapter(
         )
     for name, weight in weights.items():
         modules[name].weight.data.copy_(weight.to(modules[name].weight.dtype))
+    from peft import PeftModel  # lazy: peft costs ~6 s to import (coalora/export.py)
+
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)

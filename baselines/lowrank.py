@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -49,6 +49,9 @@ BASE_RESIDUAL_FILE = "base_residual.safetensors"
 BASE_RESIDUAL_KEY = "base_residual"
 # Suffixes of the stored S factors in a checkpoint's tensors.
 _S1, _S2 = ".base_lowrank.S1", ".base_lowrank.S2"
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 @dataclass
@@ -418,4 +421,6 @@ def load_residual_adapter(
         if f"{name}.S1" in factors:
             w = w - (factors[f"{name}.S1"] @ factors[f"{name}.S2"]).to(w.device)
         weight.data.copy_(quantize_dequantize(w, qc, mqc.quantizer).to(weight.dtype))
+    from peft import PeftModel  # lazy: peft costs ~6 s to import (coalora/export.py)
+
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)

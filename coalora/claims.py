@@ -163,7 +163,9 @@ class GroupEvidence:
                 peers = peers[peers["r"] == r]
                 for b_label, b_rows in peers.groupby("method", sort=True):
                     a_label = a_rows["method"].iloc[0]
-                    sides.append((f"{a_label} (r={int(r)})", a_rows, f"{b_label} (r={int(r)})", b_rows))
+                    sides.append(
+                        (f"{a_label} (r={int(r)})", a_rows, f"{b_label} (r={int(r)})", b_rows)
+                    )
         return sides
 
     def side(self, spec) -> tuple[str, pd.DataFrame]:
@@ -392,9 +394,7 @@ def rows_of_test(
                 "noise": interval.noise,
                 "n_seeds": interval.n_seeds,
                 "scale": scale_of(evidence, both[both["seed"].isin(seeds)], seeds),
-                "deviations": deviations(
-                    [(a_name, a)] + ([] if b is None else [(b_name, b)])
-                ),
+                "deviations": deviations([(a_name, a)] + ([] if b is None else [(b_name, b)])),
             }
         )
     return out
@@ -419,7 +419,15 @@ def claims_table(
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
-SUMMARY_COLUMNS = ["claim", "statement", "verdict", "tests", "holds", "contradicted", "inconclusive"]
+SUMMARY_COLUMNS = [
+    "claim",
+    "statement",
+    "verdict",
+    "tests",
+    "holds",
+    "contradicted",
+    "inconclusive",
+]
 
 
 def claims_summary(table: pd.DataFrame, book: ClaimBook | None = None) -> pd.DataFrame:
@@ -466,7 +474,9 @@ def claims_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str:
         counts = f"{r.tests} ({r.holds} / {r.contradicted} / {r.inconclusive})"
         lines.append(f"| {r.claim} | {r.statement} | **{r.verdict}** | {counts} |")
     lines += ["", "## Tests", ""]
-    lines += ["| test | group | comparison | paper | ours [95% interval] | relation | verdict | noise | deviations |"]
+    lines += [
+        "| test | group | comparison | paper | ours [95% interval] | relation | verdict | noise | deviations |"
+    ]
     lines += ["|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
         ours = (

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, TaskType
 from safetensors.torch import save_file
 from torch import nn
 
@@ -30,6 +29,13 @@ from .mapper import ConfigAwareMapper
 from .quant.apply import apply_qconfig
 from .quant.model_config import ModelQConfig
 from .quant.targets import QuantTarget, quantizable_targets
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+# peft is imported where an adapter is written or loaded, not at module import: importing it
+# costs about 6 s of CPU (it pulls transformers' auto classes and bitsandbytes), which every
+# training and evaluation job would otherwise pay without ever writing an adapter.
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -48,7 +54,9 @@ def fold_into_lora(lora_b: torch.Tensor, mixing: torch.Tensor | None) -> torch.T
     return lora_b + lora_b @ mixing.to(lora_b.dtype)
 
 
-def _task_type(task_type: str | TaskType) -> TaskType:
+def _task_type(task_type: str):
+    from peft import TaskType  # lazy: see the note on peft at the top
+
     try:
         return TaskType(task_type)
     except ValueError:
@@ -105,7 +113,7 @@ def export_peft_adapter(
     targets: list[QuantTarget],
     out_dir: str | os.PathLike,
     base_model_name_or_path: str,
-    task_type: str | TaskType,
+    task_type: str,
 ) -> Path:
     """Write the adapter for configuration ``mqc`` as a standard peft directory, atomically.
 
@@ -121,6 +129,8 @@ def export_peft_adapter(
             f"export_peft_adapter: the wrappers mix LoRA settings (r, alpha, dropout) "
             f"{sorted(settings)}; a peft adapter directory holds one"
         )
+    from peft import LoraConfig as PeftLoraConfig  # lazy: see the note on peft at the top
+
     r, alpha, dropout = settings.pop()
     state = folded_adapter_state(model, wrappers, mapper, mqc, targets)
     heads = task_head_names(model)
@@ -164,4 +174,6 @@ def load_peft_adapter(
     qconfig_path = adapter_dir / QCONFIG_FILE
     if qconfig_path.is_file():
         apply_qconfig(model, ModelQConfig.load(qconfig_path, quantizable_targets(model)))
+    from peft import PeftModel  # lazy: see the note on peft at the top
+
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)

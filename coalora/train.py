@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from .io import atomic_path, read_json, write_json
 
@@ -117,6 +116,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def linear_schedule_with_warmup(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the full rate, then linear decay to 0: transformers'
+    ``get_linear_schedule_with_warmup``, written on torch's ``LambdaLR`` because importing
+    ``transformers.optimization`` pulls in peft and bitsandbytes (about 6 s of CPU in every
+    training job). ``tests/test_train.py`` checks it equals transformers' schedule."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return float(step) / float(max(1, warmup_steps))
+        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
@@ -143,7 +156,7 @@ def train(
     if not params:
         raise ValueError(f"method {method.name!r} has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(
+    scheduler = linear_schedule_with_warmup(
         optimizer, math.ceil(settings.warmup_ratio * settings.steps), settings.steps
     )
     result = TrainResult(steps=0, seconds=0.0)

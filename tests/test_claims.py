@@ -33,7 +33,9 @@ def evaluations(method, accuracy, seeds=(0, 1, 2), *, trained=None, per_config=F
         shift = 0.01 * rng.standard_normal()
         for config, bits in configs:
             correct = rng.random(N_EXAMPLES) < accuracy(bits) + shift
-            predictions = "".join(y if c else str(1 - int(y)) for c, y in zip(correct, labels))
+            predictions = "".join(
+                y if c else str(1 - int(y)) for c, y in zip(correct, labels, strict=True)
+            )
             ckpt = f"{method}{seed}{config if per_config else ''}"
             out.append(
                 {
@@ -116,7 +118,9 @@ def test_time_ratio_and_unequal_steps_are_reported(tmp_path):
     assert ratio["verdict"] == claims.INCONCLUSIVE and ratio["unit"] == "ratio"
     assert "unequal optimizer steps per run (coalora 40, qlora 20)" in ratio["deviations"]
     # Equal steps, cheaper CoA-LoRA: holds, and no deviation is named.
-    table, _ = table_of(tmp_path, coalora(accuracy_curve(0.8), seconds=15.0) + qlora(accuracy_curve(0.7)))
+    table, _ = table_of(
+        tmp_path, coalora(accuracy_curve(0.8), seconds=15.0) + qlora(accuracy_curve(0.7))
+    )
     ratio = row(table, "C3.1")
     assert ratio["verdict"] == claims.HOLDS and ratio["high"] < 1 and ratio["deviations"] == ""
     assert ratio["paper"].startswith("QNLI 0.48, MNLI 0.44")
@@ -128,6 +132,7 @@ def test_seen_unseen_within_one_point(tmp_path):
     r = row(table, "C4.1")
     assert abs(r["effect"]) < 4 and r["relation"] == "within"
     assert r["verdict"] in (claims.HOLDS, claims.INCONCLUSIVE)
+
     # 10 points below the curve: contradicted.
     def dip(bits):
         return accuracy_curve(0.8)(bits) - (0.10 if bits == 2.75 else 0.0)

@@ -421,7 +421,9 @@ def test_two_results_for_one_method_and_configuration_are_refused(paths, tmp_pat
     """Two runs under one label (e.g. two experiments on the same model, task and quantizer)
     would merge into one group's points: refused, naming the method and configuration."""
     again = write(tmp_path / "again", [RECORDS[3]], name="again")  # QLoRA b3 once more
-    with pytest.raises(ValueError, match="two results for method 'qlora' at seed 0 on configuration 'b3'"):
+    with pytest.raises(
+        ValueError, match="two results for method 'qlora' at seed 0 on configuration 'b3'"
+    ):
         report.summary_table(read_results([*paths, *again]))
     out = tmp_path / "t1.csv"
     assert main(["report", "table1", *map(str, [*paths, *again]), "--out", str(out)]) != 0

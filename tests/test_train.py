@@ -167,3 +167,21 @@ def test_resume_with_search_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(value, cut_weights[key]), key
     full_log = (tmp_path / "full" / "search_log.json").read_text()
     assert len(json.loads(full_log)) == 3
+
+
+def test_the_learning_rate_schedule_is_transformers_linear_warmup():
+    from transformers import get_linear_schedule_with_warmup
+
+    from coalora.train import linear_schedule_with_warmup
+
+    def rates(make):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = make(optimizer, 3, 20)
+        out = []
+        for _ in range(22):
+            out.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    assert rates(linear_schedule_with_warmup) == rates(get_linear_schedule_with_warmup)
