@@ -915,6 +915,19 @@ class Batches:
     def num_examples(self) -> int:
         return len(self._examples)
 
+    def by_length(self) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """(example indices, batch) over the split with examples grouped by token length
+        (stable sort), so that a batch pads to little more than its longest example: the
+        evaluation order, mapped back to the split's order by the indices."""
+        if isinstance(self._examples, torch.Tensor):
+            lengths = [self._examples.shape[1]] * self.num_examples
+        else:
+            lengths = [len(features["input_ids"]) for features in self._examples]
+        order = sorted(range(self.num_examples), key=lengths.__getitem__)
+        for start in range(0, self.num_examples, self.batch_size):
+            indices = order[start : start + self.batch_size]
+            yield indices, self.collate(indices)
+
     def __len__(self) -> int:
         return math.ceil(self.num_examples / self.batch_size)
 

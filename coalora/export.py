@@ -1,7 +1,7 @@
 """Deployment: fold one configuration's mixings into B and write a standard peft adapter.
 
 For a fixed configuration C the adapted layer computes ``B (I + M_C) A``, so ``B' = B (I+M_C)``
-turns it into an ordinary LoRA adapter ``(A, B')`` (METHOD.md section 3, "deployment fold").
+turns it into an ordinary LoRA adapter ``(A, B')`` (docs/method.md section 3, "deployment fold").
 ``export_peft_adapter`` writes it as a directory that ``peft.PeftModel.from_pretrained``
 loads with no coalora code::
 

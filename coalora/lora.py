@@ -6,7 +6,7 @@ For one targeted linear layer with (dequantized) weight ``W``, input ``x`` and L
     y = W x + bias + (alpha / r) * B (I + M) A dropout(x)
 
 ``M`` is the mixing matrix the configuration-aware model produces for the layer's current
-quantization configuration (METHOD.md section 3); it already includes the learnable scalar
+quantization configuration (docs/method.md section 3); it already includes the learnable scalar
 ``s`` (``M = s * U``). With ``M`` unset (``None``) the layer is exactly peft's LoRA.
 
 ``LoraLinear`` *wraps* the existing ``nn.Linear`` (kept as ``.base_layer``) instead of copying

@@ -1,6 +1,6 @@
 """The configuration-aware model: a matrix's quantization configuration -> its r x r mixing.
 
-One small network, shared by every LoRA layer of the model (METHOD.md section 3)::
+One small network, shared by every LoRA layer of the model (docs/method.md section 3)::
 
     e = [emb_b(b), emb_b0(b0), emb_d1(d1), emb_B0(B0), emb_B1(B1), emb_layer(l), emb_type(t)]
     U = reshape(Linear(128, r*r)(SiLU(Linear(56, 128)(LayerNorm(56)(e)))), r, r)

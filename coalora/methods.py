@@ -145,7 +145,7 @@ class Method:
 
 @register_method
 class CoALoRAMethod(Method):
-    """CoA-LoRA: shared LoRA factors + the configuration-aware mapper (METHOD.md section 3).
+    """CoA-LoRA: shared LoRA factors + the configuration-aware mapper (docs/method.md section 3).
 
     The training set starts as the ILP configurations of a budget grid and, when a search is
     attached (``attach_search``), is replaced after each epoch by the segmented Pareto set.
@@ -179,7 +179,7 @@ class CoALoRAMethod(Method):
         """Run the Pareto configuration search at the end of every epoch.
 
         f1 of a configuration is the current adapted model's mean loss on the fixed
-        ``held_out`` batches [decision: METHOD.md section 5; the official code used an
+        ``held_out`` batches [decision: docs/method.md section 5; the official code used an
         untrained model on one random batch].
         """
         from .search import ParetoSearch, SearchConfig

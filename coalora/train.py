@@ -7,7 +7,7 @@ which parameters train, which configurations a step sees, and how a configuratio
 activated on the model.
 
 Each optimizer step draws K configurations from the method, computes the task loss under
-each on the same minibatch, averages the K losses (METHOD.md section 4 [decision]; the
+each on the same minibatch, averages the K losses (docs/method.md section 4 [decision]; the
 official code summed them) and steps once.
 
 Determinism and resume: batch k, the configurations of step k and every dropout mask
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSettings:
-    """Hyper-parameters shared by every method (defaults: METHOD.md section 3)."""
+    """Hyper-parameters shared by every method (defaults: docs/method.md section 3)."""
 
     steps: int = 100
     lr: float = 1e-4
@@ -56,7 +56,7 @@ class TrainSettings:
     epoch_steps: int = 0
     # Steps between resume checkpoints; 0 writes none until the end.
     save_every: int = 0
-    # CoA-LoRA's configuration search, run every ``epoch_steps`` (METHOD.md section 5):
+    # CoA-LoRA's configuration search, run every ``epoch_steps`` (docs/method.md section 5):
     # mode full | frozen | random, new configurations per round, held-out batches for f1,
     # segments U of the Pareto filter, walkers K0 (0: twice the candidates) and steps T.
     search_mode: str = "full"

@@ -1,4 +1,4 @@
-"""Cost tables (METHOD.md 2.2), the diagonal Fisher, their cache, and the budget ILP."""
+"""Cost tables (docs/method.md 2.2), the diagonal Fisher, their cache, and the budget ILP."""
 
 import itertools
 import json

@@ -43,26 +43,47 @@ def test_default_preset_dry_run(tmp_path):
     # The embedded default is found beside the Snakefile, whatever the working directory.
     proc = snakemake(tmp_path, "-n", "-p")
     counts = job_counts(proc.stdout)
-    # SmolLM2 and MiniLM x 4 methods, MiniLM's 4 CoA-LoRA variants (rank, search mode), and
-    # MiniLM under INT with CoA-LoRA and QLoRA; QLoRA and LQ-LoRA train once per evaluation
-    # budget (4): 2 x 4 x 2 + 4 per-configuration runs.
+    # MiniLM (NF) at 3 seeds: CoA-LoRA, Shared-LoRA and the 2 search variants train once per
+    # seed, QLoRA and LQ-LoRA once per evaluation budget (3) and seed; MiniLM under INT at 3
+    # seeds: CoA-LoRA once, QLoRA x 3; SmolLM2 at 1 seed: CoA-LoRA, Shared-LoRA, QLoRA x 3.
     assert counts["prepare"] == 3 and counts["cost_table"] == 3
-    assert counts["train"] == 2 * 2 + 4 + 1
-    assert counts["train_per_config"] == 2 * 4 * 2 + 4 and counts["evaluate"] == 20
-    assert counts["evaluate_minilm-testament"] == 2 + 4  # coalora, shared-lora + 4 variants
+    assert counts["train"] == 4 * 3 + 3 + 2
+    assert counts["train_per_config"] == 2 * 3 * 3 + 3 * 3 + 3 == counts["evaluate"]
+    assert counts["evaluate_minilm-testament"] == 4 * 3
+    # The unadapted base (a reference row, in no claim) is evaluated at the first seed only.
+    assert counts["evaluate_base_minilm-testament"] == 1
     assert counts["evaluate_smollm2-bible"] == 2 and counts["evaluate_base_smollm2-bible"] == 1
     # LQ-LoRA's configurations come from its own costs (W - SVD_r(W)) and ILP.
-    assert counts["cost_table_lowrank"] == 2 and counts["allocate_smollm2-bible_lqlora"] == 1
+    assert counts["cost_table_lowrank"] == 1 and counts["allocate_minilm-testament_lqlora"] == 1
     assert "qconfigs-lqlora/b2.5.json" in proc.stdout
-    # Every table and figure: table1, the further tables, Pareto / seen-unseen per experiment,
-    # the search ablation where search variants exist.
-    assert counts["table1"] == 1 and counts["tables"] == 1
+    # Every table, the claims and every figure.
+    assert counts["table1"] == 1 and counts["tables"] == 1 and counts["claims"] == 1
     assert counts["pareto_figure"] == 3 and counts["seen_unseen_figure"] == 3
     assert counts["search_ablation_figure"] == 1
-    # A variant trains its registered method with its own settings and is evaluated under
-    # its label.
-    assert re.search(r"train .*--method coalora .*--set r=8 .*coalora-r8/checkpoint", proc.stdout)
+    # The seed is in every path and reaches training; equal steps for every method (the
+    # paper's protocol); a variant trains its method with its own settings under its label.
+    assert re.search(
+        r"--steps 16 .*--set seed=2 .*minilm-testament/qlora/s2/b3/checkpoint", proc.stdout
+    )
+    assert re.search(
+        r"--method coalora --steps 16 .*minilm-testament/coalora/s1/checkpoint", proc.stdout
+    )
+    assert re.search(r"--set search_mode=\"frozen\".*coalora-frozen/s0/checkpoint", proc.stdout)
     assert "--label coalora-frozen" in proc.stdout
+
+
+def test_steps_per_method_must_name_every_method(tmp_path):
+    conf = yaml.safe_load(Path(preset("ci.yaml")).read_text())
+    first = next(iter(conf["experiments"]))
+    conf["experiments"][first]["steps"] = {"coalora": 4}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(conf, sort_keys=False))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert (
+        f"experiment {first!r}: `steps` has no entry for method 'qlora'"
+        in proc.stdout + proc.stderr
+    )
 
 
 def test_paper_preset_dry_run(tmp_path):
@@ -74,6 +95,7 @@ def test_paper_preset_dry_run(tmp_path):
     assert counts["train_per_config"] == 4 * 6 * 4 + 3 * 4 * 2 + 2 * 6 + 6
     assert counts["train"] == 4 * 2 + 3 * 2 + 4 + 1
     assert counts["evaluate_roberta-large-sst2"] == 2 + 4  # coalora, shared-lora + 4 variants
+    assert counts["claims"] == 1
     assert counts["search_ablation_figure"] == 1 and counts["tables"] == 1
 
 
@@ -82,6 +104,7 @@ def test_paper_preset_dry_run(tmp_path):
     [
         ("bogus=1", "'bogus' was unexpected"),
         ("quantizer=fp4", "'fp4' is not one of"),
+        ("seed=1", "'seed' was unexpected"),  # a list now: seeds
     ],
 )
 def test_schema_errors_name_the_key(tmp_path, override, message):
@@ -146,13 +169,29 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
         assert float(row["hv"]) > 0
         if row["method"] not in ("none",):
             assert float(row["train_seconds"]) > 0
+    # Two seeds on the encoder experiment: every number of its rows is over both.
+    seeds = {r["method"]: r["n_seeds"] for r in rows if r["task"] == "bible-testament"}
+    assert seeds == {"none": "1", "coalora": "2", "qlora": "2"}
     for figure in ("tiny-llama-lm_pareto.png", "tiny-llama-lm_pareto.svg"):
         assert (results / "figures" / figure).stat().st_size > 1000
     assert not list(results.rglob("*.tmp"))
 
-    # Delete one evaluation and ask for it: only its job runs; then the default target reruns
-    # only what depends on it (the table and that experiment's figure), with the same numbers.
-    deleted = results / "tiny-llama-lm" / "qlora" / "eval" / "b3.json"
+    # The claims table: every test row has an interval and a verdict; at two seeds the
+    # encoder's rows count seeds and test samples (their verdicts on tiny models may be
+    # anything; the verdict logic is tested in tests/test_claims.py).
+    with open(results / "claims.csv") as handle:
+        claims = list(csv.DictReader(handle))
+    bert = [c for c in claims if c["task"] == "bible-testament" and c["statistic"] != "time_ratio"]
+    assert bert and all(c["noise"] == "2 seeds + test samples" for c in bert)
+    assert all(
+        c["verdict"] in ("holds", "contradicted", "inconclusive at this scale") for c in claims
+    )
+    assert "| C8 |" in (results / "claims.md").read_text()
+
+    # Delete one evaluation of seed 1 and ask for it: only its job runs; then the default
+    # target reruns only what depends on it (tables, claims, that experiment's figures), with
+    # the same numbers.
+    deleted = results / "tiny-bert-testament" / "qlora" / "s1" / "eval" / "b3.json"
     deleted.unlink()
     args = ("--cores", "2", "--configfile", preset("ci.yaml"))
     target = str(deleted.relative_to(tmp_path))  # before --configfile, which takes nargs
@@ -161,8 +200,8 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
     snakemake(tmp_path, target, *args)
     counts = job_counts(snakemake(tmp_path, "-n", *args).stdout)
     assert counts == {
-        "table1": 1, "tables": 1, "pareto_figure": 1, "seen_unseen_figure": 1,
-        "search_ablation_figure": 1, "all": 1, "total": 6,
+        "table1": 1, "tables": 1, "claims": 1, "pareto_figure": 1, "seen_unseen_figure": 1,
+        "all": 1, "total": 6,
     }  # fmt: skip
     snakemake(tmp_path, *args)
     assert read_table(results / "table1.csv") == without_times(rows)
@@ -182,7 +221,7 @@ def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_pa
     results = tmp_path / "results-ci"
     deadline = time.monotonic() + 600
     try:
-        while not list(results.glob("*/*/eval/*.json")):
+        while not list(results.glob("*/*/s*/eval/*.json")):
             assert proc.poll() is None, "the run ended before it could be interrupted"
             assert time.monotonic() < deadline, "no evaluation written in 10 minutes"
             time.sleep(0.2)
@@ -195,7 +234,7 @@ def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_pa
     # (the strict reader) and every checkpoint directory has its manifest.
     from coalora.evaluate.results import read_result
 
-    for path in results.glob("*/*/eval/*.json"):
+    for path in results.glob("*/*/s*/eval/*.json"):
         read_result(path)
     for ckpt in results.glob("**/checkpoint"):
         assert json.loads((ckpt / "manifest.json").read_text())["steps"] > 0
@@ -205,4 +244,9 @@ def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_pa
     snakemake(tmp_path, *args, "--rerun-incomplete")
     for table in ["table1.csv", *(f"tables/{t}.csv" for t in ("rank", "search", "seen_unseen"))]:
         assert read_table(results / table) == read_table(ci_run / "results-ci" / table), table
+    # The claims too, but for the time ratios (measured seconds differ between runs).
+    claims = [read_table(r / "results-ci" / "claims.csv") for r in (tmp_path, ci_run)]
+    assert [[c for c in run if c["statistic"] != "time_ratio"] for run in claims] == [
+        [c for c in claims[1] if c["statistic"] != "time_ratio"]
+    ] * 2
     assert not list(results.rglob("*.tmp"))

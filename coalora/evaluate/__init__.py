@@ -1,4 +1,4 @@
-"""Evaluation of every configuration (METHOD.md section 7), one JSON result per evaluation.
+"""Evaluation of every configuration (docs/method.md section 7), one JSON result per evaluation.
 
 - ``run``: ``evaluate_configs`` (a trained checkpoint, many configurations, one process),
   ``evaluate_base`` (the base model without adapter, and the full-precision reference),

@@ -44,14 +44,20 @@ def f1_definition(num_labels: int) -> str:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches) -> tuple[list[int], list[int]]:
-    """Arg-max predictions and the gold labels over ``batches`` (in order)."""
+    """Arg-max predictions and the gold labels of every example, in the split's order.
+
+    Examples are evaluated grouped by length (``Batches.by_length``): right padding with an
+    attention mask leaves each example's logits as they are, and a batch of similar lengths
+    pads far less than one in split order."""
     device = next(model.parameters()).device
-    predictions, labels = [], []
-    for batch in batches:
+    predictions, labels = [0] * batches.num_examples, [0] * batches.num_examples
+    for indices, batch in batches.by_length():
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
-        predictions.extend(logits.argmax(dim=-1).tolist())
-        labels.extend(batch["labels"].tolist())
+        for i, p, y in zip(
+            indices, logits.argmax(dim=-1).tolist(), batch["labels"].tolist(), strict=True
+        ):
+            predictions[i], labels[i] = p, y
     return predictions, labels
 
 

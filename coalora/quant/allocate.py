@@ -1,4 +1,4 @@
-"""From a bit budget to a per-matrix configuration: the ILP of METHOD.md 2.2.
+"""From a bit budget to a per-matrix configuration: the ILP of docs/method.md 2.2.
 
 For a budget ``beta`` (average bits per parameter) choose one option ``j`` per matrix ``i``::
 

@@ -1,4 +1,4 @@
-"""Blockwise absmax quantization with double-quantized scales (METHOD.md 2.1).
+"""Blockwise absmax quantization with double-quantized scales (docs/method.md 2.1).
 
 Layout: the weight is flattened and viewed as ``[G, B1, B0]``: ``G`` second-level groups, each
 of ``B1`` first-level blocks of ``B0`` weights.

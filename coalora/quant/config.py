@@ -1,4 +1,4 @@
-"""The per-matrix quantization configuration and its option space (METHOD.md section 2).
+"""The per-matrix quantization configuration and its option space (docs/method.md section 2).
 
 A matrix's configuration is the 5-tuple ``(b, b0, d1, B0, B1)``:
 

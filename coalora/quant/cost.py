@@ -1,4 +1,4 @@
-"""Cost tables for the bit-allocation ILP (METHOD.md 2.2), the diagonal Fisher, and their cache.
+"""Cost tables for the bit-allocation ILP (docs/method.md 2.2), the diagonal Fisher, and their cache.
 
 ``cost_table`` returns ``C[i, j] = || sqrt(F_i) * (W_i - deq(quant(W_i, ALL_OPTIONS[j]))) ||_F^2``
 (``F = 1`` without Fisher weights) for every targeted matrix ``i`` and each of the 432 options

@@ -1,4 +1,4 @@
-"""Pareto-based configuration search of CoA-LoRA (METHOD.md section 5).
+"""Pareto-based configuration search of CoA-LoRA (docs/method.md section 5).
 
 * ``pareto``     non-dominated masks, hypervolume, reference points, segmented filtering;
 * ``surrogate``  the loss GP, the exact bits model and the log-EHVI acquisition;

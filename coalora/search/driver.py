@@ -1,4 +1,4 @@
-"""Rounds of the Pareto-based configuration search (METHOD.md section 5).
+"""Rounds of the Pareto-based configuration search (docs/method.md section 5).
 
 ``ParetoSearch`` holds the *pool* (every configuration evaluated so far, with its bits and
 loss) and the *training set* (the configurations training samples from). Training calls
@@ -50,7 +50,7 @@ LossFn = Callable[[list[ModelQConfig]], list[float]]
 
 @dataclass
 class SearchConfig:
-    """Settings of the search; defaults follow METHOD.md section 5 where it gives numbers."""
+    """Settings of the search; defaults follow docs/method.md section 5 where it gives numbers."""
 
     mode: str = "full"  # full | frozen | random
     n_starts: int | None = None  # K0; None -> 2 x the requested number of candidates

@@ -163,13 +163,20 @@ def eval_path(exp, method, seed, cfg):
     return f"{RESULTS}/{exp}/{method}/s{seed}/eval/{cfg}.json"
 
 
+def labels_at(exp, seed):
+    """Method labels evaluated at one seed: every label at every seed; the unadapted base
+    `none` (a reference row that trains nothing and enters no claim) at the first seed only."""
+    first = ["none"] if int(seed) == seeds_of(exp)[0] else []
+    return first + exp_methods(exp)
+
+
 def all_evaluations(exp):
-    """Every evaluation of an experiment: each method label (and the unadapted base `none`)
-    on each of its configurations, at each seed."""
+    """Every evaluation of an experiment: each method label on each of its configurations,
+    at each seed."""
     return [
         eval_path(exp, method, seed, cfg)
         for seed in seeds_of(exp)
-        for method in ["none", *exp_methods(exp)]
+        for method in labels_at(exp, seed)
         for cfg in cfgs_for(exp, method)
     ]
 
@@ -193,6 +200,11 @@ def data_flags(exp):
 def eval_flags(exp):
     conf = exp_conf(exp).get("eval", {})
     flags = []
+    # Classifiers are evaluated at their training length (the bare base too).
+    if exp_conf(exp).get("train", {}).get("max_length"):
+        flags.append(f"--max-length {exp_conf(exp)['train']['max_length']}")
+    if conf.get("batch_size"):
+        flags.append(f"--batch-size {conf['batch_size']}")
     if conf.get("limit"):
         flags.append(f"--limit {conf['limit']}")
     if conf.get("window"):
