@@ -11,9 +11,7 @@ from functools import cache
 
 import numpy as np
 import torch
-# The normal quantile function (scipy.stats.norm.ppf is this; importing scipy.stats costs
-# about a second in every job).
-from scipy.special import ndtri
+from scipy.special import ndtri  # norm.ppf without importing scipy.stats (~1 s per job)
 
 # Tail probability of the outermost level (bitsandbytes' ``offset``).
 NF_OFFSET = 0.9677083
