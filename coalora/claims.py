@@ -8,8 +8,9 @@ effect per seed under paired bootstrap draws of the test examples, turns it into
 
 - *holds*: the whole 95% interval is on the claimed side of the threshold;
 - *contradicted*: the whole interval is on the other side;
-- *inconclusive at this scale*: the interval spans the threshold (or there is no interval:
-  a single measurement).
+- *inconclusive at this scale*: the interval spans the threshold, or it does not count seed
+  variance (one seed: the effect and its test-sample interval are shown, undecided), or
+  there is no interval (a single measurement).
 
 A claim's overall verdict: contradicted if any of its tests is, holds if all hold, else
 inconclusive; *not tested* where no group has both sides. Each row also names its scale
@@ -98,8 +99,9 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimBook:
 
 
 def verdict(interval: Interval, relation: str, threshold: float) -> str:
-    """Decide a relation on an interval (see the module docstring)."""
-    if not interval.decided:
+    """Decide a relation on an interval (see the module docstring); an interval that does
+    not count seed variance (one seed) decides nothing."""
+    if not interval.counts_seeds:
         return INCONCLUSIVE
     low, high = interval.low, interval.high
     if relation == "greater":
@@ -455,7 +457,8 @@ Each test compares two sides in one (model, task, quantizer) group. `effect` is 
 training seeds of the per-seed effect; `low`/`high` its 95% interval, counting the sources
 named in `noise` (seed-to-seed spread, and test-sample noise by a paired bootstrap of the test
 examples; see docs/claims.md). Verdict: *holds* if the interval lies wholly on the claimed side
-of `threshold`, *contradicted* if wholly on the other side, else *inconclusive at this scale*.
+of `threshold`, *contradicted* if wholly on the other side, else *inconclusive at this scale*
+(also whenever the interval does not count seed variance: one seed decides nothing).
 A verdict speaks for this scale only (`scale`: models, seeds, configurations, test size and
 steps far below the paper's); `deviations` names departures from the paper's protocol.
 """

@@ -98,6 +98,10 @@ def _cmd_train(args) -> None:
     from .runner import train_from_cli
 
     train_from_cli(args)
+    if args.evaluate_out:
+        from .evaluate.run import evaluate_trained_from_cli
+
+        evaluate_trained_from_cli(args)
 
 
 def _cmd_adapt(args) -> None:
@@ -167,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", help="JSON file of training settings (TrainSettings fields)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one setting")
     p.add_argument("--max-train", type=int, default=None, help="cap on training examples")
+    p.add_argument(
+        "--evaluate-out",
+        metavar="FILE",
+        help="per-configuration methods: then evaluate the checkpoint under its configuration "
+        "and write the result JSON here (as `coalora evaluate --checkpoint OUT --qconfig ...`, "
+        "without a second process start-up); the options below apply",
+    )
+    _add_eval_options(p)
     _add_allocation_options(p)
     p.set_defaults(func=_cmd_train)
 
@@ -190,20 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--full-precision", action="store_true", help="(with --model) unquantized")
     p.add_argument("--out", help="result JSON (with --budget / --qconfig / --full-precision)")
     p.add_argument("--out-dir", help="result directory (with --qconfigs)")
-    p.add_argument(
-        "--label", help="(with --checkpoint) method name in the results, e.g. coalora-r32"
-    )
     p.add_argument("--task", help="default: the checkpoint's task (required with --model)")
-    p.add_argument("--limit", type=int, help="test examples / perplexity windows / lm-eval docs")
-    p.add_argument(
-        "--lm-eval-tasks",
-        nargs="*",
-        help="causal LMs: lm-eval tasks (default bible_ppl bible_mc; the flag alone for none)",
-    )
-    p.add_argument("--lm-eval-include", action="append", help="extra lm-eval task YAML folder")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--window", type=int, help="perplexity window in tokens (default 2048)")
-    p.add_argument("--max-length", type=int, help="classification truncation")
+    _add_eval_options(p)
     _add_allocation_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -239,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--title", default="")
     p.set_defaults(func=_cmd_report)
     return parser
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    """How configurations are evaluated (``coalora.evaluate.run.EvalSettings``)."""
+    p.add_argument(
+        "--label", help="method name in the results (default the checkpoint's), e.g. coalora-r32"
+    )
+    p.add_argument("--limit", type=int, help="test examples / perplexity windows / lm-eval docs")
+    p.add_argument(
+        "--lm-eval-tasks",
+        nargs="*",
+        help="causal LMs: lm-eval tasks (default bible_ppl bible_mc; the flag alone for none)",
+    )
+    p.add_argument("--lm-eval-include", action="append", help="extra lm-eval task YAML folder")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=int, help="perplexity window in tokens (default 2048)")
+    p.add_argument("--max-length", type=int, help="classification truncation")
 
 
 def _add_allocation_options(p: argparse.ArgumentParser, cost_table: bool = True) -> None:

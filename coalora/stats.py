@@ -19,9 +19,11 @@ a wide t quantile rather than a falsely narrow interval. The per-seed spread alr
 each seed's own test noise, so the sum counts that part twice: the interval errs wide
 (``tests/test_stats.py`` measures its coverage on simulated records with a known effect).
 
-With one seed the seed part cannot be estimated and is left out (``noise`` says so); without
-per-example outcomes the test part is left out; with neither the effect is a single
-measurement and has no interval. Ratios (training times) are taken on the log scale.
+With one seed the seed part cannot be estimated and is left out (``noise`` says so, and the
+claims give no verdict on such an interval: it covers the truth far less often than 95%
+when seeds matter); without per-example outcomes the test part is left out; with neither the
+effect is a single measurement and has no interval. Ratios (training times) are taken on the
+log scale.
 """
 
 from __future__ import annotations
@@ -51,7 +53,15 @@ class Interval:
 
     @property
     def decided(self) -> bool:
+        """An interval exists (it may count test samples only)."""
         return math.isfinite(self.low) and math.isfinite(self.high)
+
+    @property
+    def counts_seeds(self) -> bool:
+        """The interval counts seed-to-seed variance (two or more seeds): only such an
+        interval may carry a verdict (with one seed it covers a true effect far less often
+        than it claims; see ``tests/test_stats.py``)."""
+        return self.decided and self.n_seeds > 1
 
 
 def noise_sources(n_seeds: int, resampled: bool) -> str:
@@ -60,7 +70,7 @@ def noise_sources(n_seeds: int, resampled: bool) -> str:
     if n_seeds > 1:
         return f"{n_seeds} seeds (test-sample noise not counted)"
     if resampled:
-        return "test samples only (1 seed: seed variance not counted)"
+        return "test samples only (1 seed: seed variance not counted, no verdict)"
     return "single measurement (1 seed, no per-example outcomes)"
 
 

@@ -188,3 +188,12 @@ def test_the_claims_file_is_checked(tmp_path):
     bad.write_text(claims.CLAIMS_FILE.read_text() + "extra: 1\n")
     with pytest.raises(ValueError, match="unknown key"):
         claims.load_claims(bad)
+
+
+def test_one_seed_decides_nothing(tmp_path):
+    # A clear win at one seed: the effect and its test-sample interval are shown, undecided.
+    records = coalora(accuracy_curve(0.85), seeds=(0,)) + qlora(accuracy_curve(0.70), seeds=(0,))
+    table, _ = table_of(tmp_path, records)
+    r = row(table, "C1.3")
+    assert r["low"] > 0 and r["verdict"] == claims.INCONCLUSIVE
+    assert r["noise"].startswith("test samples only (1 seed")

@@ -43,33 +43,36 @@ def test_default_preset_dry_run(tmp_path):
     # The embedded default is found beside the Snakefile, whatever the working directory.
     proc = snakemake(tmp_path, "-n", "-p")
     counts = job_counts(proc.stdout)
-    # MiniLM (NF) at 3 seeds: CoA-LoRA, Shared-LoRA and the 2 search variants train once per
-    # seed, QLoRA and LQ-LoRA once per evaluation budget (3) and seed; MiniLM under INT at 3
-    # seeds: CoA-LoRA once, QLoRA x 3; SmolLM2 at 1 seed: CoA-LoRA, Shared-LoRA, QLoRA x 3.
+    # MiniLM (NF) at 3 seeds: CoA-LoRA, Shared-LoRA and the frozen-search variant train once
+    # per seed, QLoRA once per evaluation budget (3) and seed, evaluated in its training job;
+    # MiniLM under INT at 3 seeds: CoA-LoRA once, QLoRA x 3; SmolLM2 at 1 seed: CoA-LoRA and
+    # Shared-LoRA.
     assert counts["prepare"] == 3 and counts["cost_table"] == 3
-    assert counts["train"] == 4 * 3 + 3 + 2
-    assert counts["train_per_config"] == 2 * 3 * 3 + 3 * 3 + 3 == counts["evaluate"]
-    assert counts["evaluate_minilm-testament"] == 4 * 3
+    assert counts["train"] == 3 * 3 + 3 + 2
+    assert counts["train_per_config"] == 3 * 3 + 3 * 3 and "evaluate" not in counts
+    assert counts["evaluate_minilm-testament"] == 3 * 3
     # The unadapted base (a reference row, in no claim) is evaluated at the first seed only.
     assert counts["evaluate_base_minilm-testament"] == 1
     assert counts["evaluate_smollm2-bible"] == 2 and counts["evaluate_base_smollm2-bible"] == 1
-    # LQ-LoRA's configurations come from its own costs (W - SVD_r(W)) and ILP.
-    assert counts["cost_table_lowrank"] == 1 and counts["allocate_minilm-testament_lqlora"] == 1
-    assert "qconfigs-lqlora/b2.5.json" in proc.stdout
     # Every table, the claims and every figure.
     assert counts["table1"] == 1 and counts["tables"] == 1 and counts["claims"] == 1
     assert counts["pareto_figure"] == 3 and counts["seen_unseen_figure"] == 3
     assert counts["search_ablation_figure"] == 1
     # The seed is in every path and reaches training; equal steps for every method (the
-    # paper's protocol); a variant trains its method with its own settings under its label.
+    # paper's protocol); a variant trains its method with its own settings under its label;
+    # a per-configuration run writes its evaluation too.
     assert re.search(
-        r"--steps 16 .*--set seed=2 .*minilm-testament/qlora/s2/b3/checkpoint", proc.stdout
+        r"--steps 12 .*--set seed=2 .*minilm-testament/qlora/s2/b3/checkpoint "
+        r"--evaluate-out results/minilm-testament/qlora/s2/eval/b3.json --label qlora",
+        proc.stdout,
     )
     assert re.search(
-        r"--method coalora --steps 16 .*minilm-testament/coalora/s1/checkpoint", proc.stdout
+        r"--method coalora --steps 12 .*minilm-testament/coalora/s1/checkpoint", proc.stdout
     )
-    assert re.search(r"--set search_mode=\"frozen\".*coalora-frozen/s0/checkpoint", proc.stdout)
+    assert re.search(r"--set 'search_mode=\"frozen\"'.*coalora-frozen/s0/checkpoint", proc.stdout)
     assert "--label coalora-frozen" in proc.stdout
+    # `lm_eval_tasks: []` runs no lm-eval task (the flag without names), not the default ones.
+    assert re.search(r"--task bible-lm .*--lm-eval-tasks --out-dir", proc.stdout)
 
 
 def test_steps_per_method_must_name_every_method(tmp_path):
@@ -87,7 +90,8 @@ def test_steps_per_method_must_name_every_method(tmp_path):
 
 
 def test_paper_preset_dry_run(tmp_path):
-    counts = job_counts(snakemake(tmp_path, "-n", "--configfile", preset("paper.yaml")).stdout)
+    proc = snakemake(tmp_path, "-n", "--configfile", preset("paper.yaml"))
+    counts = job_counts(proc.stdout)
     # 4 GLUE tasks x 6 evaluation budgets x 4 per-configuration methods, 3 C4 models x 4 x 2;
     # SST-2's ablations: QLoRA at 2 more ranks (x 6 budgets) and 4 CoA-LoRA variants; SST-2
     # under INT: QLoRA x 6 and CoA-LoRA.
@@ -96,6 +100,8 @@ def test_paper_preset_dry_run(tmp_path):
     assert counts["train"] == 4 * 2 + 3 * 2 + 4 + 1
     assert counts["evaluate_roberta-large-sst2"] == 2 + 4  # coalora, shared-lora + 4 variants
     assert counts["claims"] == 1
+    # LQ-LoRA's configurations come from its own costs (W - SVD_r(W)) and ILP.
+    assert counts["cost_table_lowrank"] == 7 and "qconfigs-lqlora/b2.5.json" in proc.stdout
     assert counts["search_ablation_figure"] == 1 and counts["tables"] == 1
 
 
@@ -188,15 +194,15 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
     )
     assert "| C8 |" in (results / "claims.md").read_text()
 
-    # Delete one evaluation of seed 1 and ask for it: only its job runs; then the default
-    # target reruns only what depends on it (tables, claims, that experiment's figures), with
-    # the same numbers.
+    # Delete one evaluation of seed 1 and ask for it: only its job runs (QLoRA's run at that
+    # configuration, which writes it); then the default target reruns only what depends on
+    # it (tables, claims, that experiment's figures), with the same numbers.
     deleted = results / "tiny-bert-testament" / "qlora" / "s1" / "eval" / "b3.json"
     deleted.unlink()
     args = ("--cores", "2", "--configfile", preset("ci.yaml"))
     target = str(deleted.relative_to(tmp_path))  # before --configfile, which takes nargs
     counts = job_counts(snakemake(tmp_path, target, "-n", *args).stdout)
-    assert counts == {"evaluate": 1, "total": 1}
+    assert counts == {"train_per_config": 1, "total": 1}  # it trains and evaluates
     snakemake(tmp_path, target, *args)
     counts = job_counts(snakemake(tmp_path, "-n", *args).stdout)
     assert counts == {

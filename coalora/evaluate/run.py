@@ -491,15 +491,7 @@ def evaluate_from_cli(args) -> None:
         items = [opt("budget") if forms["--budget"] else opt("qconfig")]
         if forms["--full-precision"]:
             items = [None]
-    lm_eval_tasks = opt("lm_eval_tasks")
-    settings = EvalSettings(
-        batch_size=opt("batch_size") or 8,
-        max_length=opt("max_length"),
-        window=opt("window") or DEFAULT_WINDOW,
-        limit=opt("limit"),
-        lm_eval_tasks=None if lm_eval_tasks is None else list(lm_eval_tasks),
-        lm_eval_include=opt("lm_eval_include") or (),
-    )
+    settings = eval_settings_from_cli(args)
     allocation = {"fisher_task": opt("fisher_task"), "max_elements": opt("max_elements")}
     if forms["--qconfigs"]:
         # Files are named by the qconfig file's stem (what a workflow expects); the record's
@@ -537,6 +529,37 @@ def evaluate_from_cli(args) -> None:
         )
     for path, record in zip(out_paths, records, strict=True):
         print(summary_line(path, record))
+
+
+def eval_settings_from_cli(args) -> EvalSettings:
+    """The evaluation options of ``coalora evaluate`` / ``coalora train --evaluate-out``."""
+    opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    lm_eval_tasks = opt("lm_eval_tasks")
+    return EvalSettings(
+        batch_size=opt("batch_size") or 8,
+        max_length=opt("max_length"),
+        window=opt("window") or DEFAULT_WINDOW,
+        limit=opt("limit"),
+        lm_eval_tasks=None if lm_eval_tasks is None else list(lm_eval_tasks),
+        lm_eval_include=opt("lm_eval_include") or (),
+    )
+
+
+def evaluate_trained_from_cli(args) -> None:
+    """``coalora train --evaluate-out FILE``: evaluate the checkpoint just written under the
+    configuration it was trained on (``--qconfig`` or ``--budget``), as ``coalora evaluate``
+    would, in the same process (one start-up and import instead of two)."""
+    if args.qconfig is None and args.budget is None:
+        raise ValueError(
+            "--evaluate-out evaluates a per-configuration run: give --qconfig or --budget"
+        )
+    item = args.qconfig if args.qconfig is not None else args.budget
+    allocation = {"fisher_task": args.fisher_task, "max_elements": args.max_elements}
+    (record,) = evaluate_configs(
+        args.out, [item], None, [Path(args.evaluate_out)], eval_settings_from_cli(args),
+        allocation=allocation, label=args.label,
+    )  # fmt: skip
+    print(summary_line(args.evaluate_out, record))
 
 
 def summary_line(path, record: dict) -> str:

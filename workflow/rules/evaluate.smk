@@ -1,34 +1,6 @@
 # Evaluation: one result JSON per (experiment, method, seed, configuration). "none" is the
-# quantized base with no adapter (the floor every adapted method must beat).
-
-
-def eval_checkpoint(w):
-    return checkpoint_path(w.exp, w.method, w.seed, w.cfg)
-
-
-rule evaluate:
-    """Per-configuration methods: one checkpoint, one configuration."""
-    input:
-        checkpoint=eval_checkpoint,
-        qconfig=lambda w: qconfig_path(w.exp, w.method, w.cfg),
-    output:
-        f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/eval/{{cfg}}.json",
-    wildcard_constraints:
-        method="|".join(PER_CONFIG_LABELS) if PER_CONFIG_LABELS else "^$",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/eval-{{cfg}}.tsv"
-    params:
-        flags=lambda w: eval_flags(w.exp),
-    threads: lambda w: resources_for(w.exp, "evaluate").get("threads", 1)
-    resources:
-        mem_mb=lambda w: resources_for(w.exp, "evaluate").get("mem_mb", 8000),
-        runtime=lambda w: resources_for(w.exp, "evaluate").get("runtime", 60),
-        gpu=lambda w: resources_for(w.exp, "evaluate").get("gpu", 0),
-    log:
-        f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/eval-{{cfg}}.log",
-    shell:
-        "{COALORA} evaluate --checkpoint {input.checkpoint} --qconfig {input.qconfig} "
-        "--label {wildcards.method} {params.flags} --out {output} 2> {log}"
+# quantized base with no adapter (the floor every adapted method must beat). Per-configuration
+# methods are evaluated by their training job (rule train_per_config).
 
 
 # Shared methods (one checkpoint serving every configuration) and the unadapted base ("none")

@@ -44,11 +44,16 @@ rule train:
 
 
 rule train_per_config:
+    """One run per configuration and seed, evaluated under that configuration in the same
+    process (its result JSON is this rule's second output: one start-up instead of two)."""
     input:
         prepared=f"{RESULTS}/{{exp}}/prepared.json",
         qconfig=lambda w: qconfig_path(w.exp, w.method, w.cfg),
     output:
-        directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/{{cfg}}/checkpoint"),
+        checkpoint=directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/{{cfg}}/checkpoint"),
+        evaluation=f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/eval/{{cfg}}.json",
+    wildcard_constraints:
+        method="|".join(PER_CONFIG_LABELS) if PER_CONFIG_LABELS else "^$",
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.tsv"
     params:
@@ -58,6 +63,7 @@ rule train_per_config:
         steps=lambda w: steps_for(w.exp, w.method),
         settings=lambda w: train_flags(w.exp, w.method, w.seed),
         data=lambda w: data_flags(w.exp),
+        eval=lambda w: eval_flags(w.exp),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
@@ -68,4 +74,5 @@ rule train_per_config:
     shell:
         "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} --qconfig {input.qconfig} {params.settings} {params.data} "
-        "--out {output} 2> {log}"
+        "--out {output.checkpoint} --evaluate-out {output.evaluation} "
+        "--label {wildcards.method} {params.eval} 2> {log}"
