@@ -141,6 +141,17 @@ def test_seen_unseen_within_one_point(tmp_path):
     assert row(table, "C4.1")["verdict"] == claims.CONTRADICTED
 
 
+def test_seen_unseen_uses_the_seeds_where_unseen_points_are_inside_the_seen_range(tmp_path):
+    # At seed 2 the search dropped b2.5: u2.75 is outside the seen range [3, 4] there.
+    records = coalora(accuracy_curve(0.8))
+    for record in records:
+        if record["seed"] == 2 and record["config_name"] == "b2.5":
+            record["seen"] = False
+    table, _ = table_of(tmp_path, records)
+    r = row(table, "C4.1")
+    assert r["n_seeds"] == 2 and "2 seed(s) [0, 1]" in r["scale"]
+
+
 def test_search_claims_pick_runs_by_their_search_mode(tmp_path):
     records = (
         coalora(accuracy_curve(0.85))

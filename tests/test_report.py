@@ -388,6 +388,29 @@ def test_seen_unseen_figure_content(results):
     assert tuple(hollow.get_facecolors()[0]) == (1.0, 1.0, 1.0, 1.0)
 
 
+def test_pareto_figure_shows_seed_spread_and_log_perplexity(tmp_path):
+    # QLoRA at two seeds on b3 and b4: the line goes through the seed means and a bar spans
+    # the two seeds; the LM panel's perplexity axis is logarithmic.
+    second = [
+        dict(r, seed=1, metrics={"accuracy": r["metrics"]["accuracy"] - 0.1})
+        for r in qlora([0.70, 0.80])
+    ]
+    lm_rows = [lm("qlora", "b3", 3.0, 22.0, seen=True, trained="qlora"), lm("none", "b3", 3.0, 4e6)]
+    results = read_results(write(tmp_path, qlora([0.70, 0.80]) + second + lm_rows))
+    fig = report.pareto_figure(results, "exp")
+    lm_ax, sst2_ax = fig.axes
+    assert lm_ax.get_yscale() == "log" and sst2_ax.get_yscale() == "linear"
+    line = sst2_ax.get_lines()[0]
+    assert list(line.get_ydata()) == pytest.approx([0.65, 0.75])
+    assert "qlora (2 seeds)" in [t.get_text() for t in sst2_ax.get_legend().texts]
+    bars = [c for c in sst2_ax.collections if c.__class__.__name__ == "LineCollection"]
+    segments = bars[0].get_segments()
+    assert [tuple(seg[:, 1]) for seg in segments] == [
+        pytest.approx((0.6, 0.7)),
+        pytest.approx((0.7, 0.8)),
+    ]
+
+
 def test_search_ablation_figure_content(results):
     fig = report.search_ablation_figure(results)
     assert len(fig.axes) == 1  # only sst2 NF has two search modes
