@@ -224,8 +224,11 @@ class GroupEvidence:
         out = []
         for seed in seeds:
             rows = a[a["seed"] == seed]
-            seen, unseen = rows[~rows["unseen"]], rows.loc[rows["unseen"], "avg_bits"]
-            if len(seen) and unseen.between(seen["avg_bits"].min(), seen["avg_bits"].max()).any():
+            seen, unseen = (
+                rows.loc[~rows["unseen"], "avg_bits"],
+                rows.loc[rows["unseen"], "avg_bits"],
+            )
+            if report.matched_difference(seen, seen, unseen, unseen)[0]:  # points matched
                 out.append(seed)
         return out
 
@@ -233,25 +236,13 @@ class GroupEvidence:
         def prepare(seed):
             rows = a[a["seed"] == seed]
             seen, unseen = rows[~rows["unseen"]], rows[rows["unseen"]]
-            if seen.empty:
-                return None
-            lo, hi = seen["avg_bits"].min(), seen["avg_bits"].max()
-            unseen = unseen[(unseen["avg_bits"] >= lo) & (unseen["avg_bits"] <= hi)]
-            if unseen.empty:
-                return None
-            # The seen curve: mean over configurations at equal bits, in bit order.
-            bits, which = np.unique(seen["avg_bits"].to_numpy(float), return_inverse=True)
-            unseen_bits = unseen["avg_bits"].to_numpy(float)
-            return seen["_row"].to_numpy(), bits, which, unseen["_row"].to_numpy(), unseen_bits
+            return [(r["_row"].to_numpy(), r["avg_bits"].to_numpy(float)) for r in (seen, unseen)]
 
-        def effect(arrays, column):
-            if arrays is None:
-                return math.nan
-            seen_rows, bits, which, unseen_rows, unseen_bits = arrays
+        def effect(sides, column):
+            (seen_rows, seen_bits), (unseen_rows, unseen_bits) = sides
             y_seen = self._scale(self.values[seen_rows, column])
-            curve = np.bincount(which, y_seen) / np.bincount(which)
-            reference = np.interp(unseen_bits, bits, curve)
-            return float(np.mean(self._scale(self.values[unseen_rows, column]) - reference))
+            y_unseen = self._scale(self.values[unseen_rows, column])
+            return report.matched_difference(seen_bits, y_seen, unseen_bits, y_unseen)[1]
 
         return self._per_seed(seeds, prepare, effect)
 
@@ -316,24 +307,30 @@ def scale_of(evidence: GroupEvidence, rows: pd.DataFrame, seeds) -> str:
     )
 
 
-def _paper_value(test: ClaimTest, book: ClaimBook) -> str:
-    if test.paper:
-        return test.paper
+def paper_cells(test: ClaimTest, book: ClaimBook) -> dict[str, str]:
+    """The paper's value of a test per GLUE task, from its main table ({} when the test's
+    sides are not both in it, or it has its own ``paper`` text)."""
     table = book.paper_table1
-    if not (isinstance(test.a, str) and isinstance(test.b, str)):
-        return ""
+    if test.paper or not (isinstance(test.a, str) and isinstance(test.b, str)):
+        return {}
     if test.a not in table or test.b not in table:
-        return ""
-    cells = []
+        return {}
+    cells = {}
     for task in table[test.a]:
         (hv_a, gap_a, min_a), (hv_b, gap_b, min_b) = table[test.a][task], table[test.b][task]
         if test.statistic == "hv_diff":
-            cells.append(f"{task} {hv_a - hv_b:+.2f}")
+            cells[task] = f"{hv_a - hv_b:+.2f}"
         elif test.statistic == "gap":
-            cells.append(f"{task} {(gap_a or 0.0) - (gap_b or 0.0):+.2f}")
+            cells[task] = f"{(gap_a or 0.0) - (gap_b or 0.0):+.2f}"
         elif test.statistic == "time_ratio":
-            cells.append(f"{task} {min_a / min_b:.2f}")
-    return ", ".join(cells)
+            cells[task] = f"{min_a / min_b:.2f}"
+    return cells
+
+
+def _paper_value(test: ClaimTest, book: ClaimBook) -> str:
+    if test.paper:
+        return test.paper
+    return ", ".join(f"{task} {value}" for task, value in paper_cells(test, book).items())
 
 
 UNITS = {"hv_diff": "HV", "time_ratio": "ratio", "unseen_gap": "", "gap": ""}
@@ -521,15 +518,12 @@ def paper_table(results: pd.DataFrame, book: ClaimBook | None = None, table=None
     relations can. One row per group and relation that both the paper and we measured."""
     book = book or load_claims()
     table = claims_table(results, book) if table is None else table
-    paper = book.paper_table1
     rows = []
     for claim in book.claims:
         for index, test in enumerate(claim.tests):
-            if test.paper or not (isinstance(test.a, str) and isinstance(test.b, str)):
+            cells = paper_cells(test, book)
+            if not cells:
                 continue
-            if test.a not in paper or test.b not in paper:
-                continue
-            cells = dict(item.split(" ") for item in _paper_value(test, book).split(", "))
             mine = table[table["test"] == f"{claim.id}.{index + 1}"]
             for r in mine.itertuples(index=False):
                 rows.append(

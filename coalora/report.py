@@ -432,21 +432,28 @@ def _quantized(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["quantizer"] != "none"]
 
 
-def _matched_diff(seen: pd.DataFrame, unseen: pd.DataFrame, to_scale) -> tuple[int, float]:
-    """Mean of (unseen - seen) at equal average bits, on ``to_scale``'s scale: each unseen
-    point against the seen curve linearly interpolated at its bits. Only unseen points inside
+def matched_difference(seen_bits, seen_y, unseen_bits, unseen_y) -> tuple[int, float]:
+    """Mean of (unseen - seen) at equal average bits: each unseen point against the seen curve
+    (the mean at each bit-width, linearly interpolated) at its bits. Only unseen points inside
     the seen bit range count (their number is returned first); this keeps the bit-width effect
     out of the comparison."""
-    curve = seen.assign(y=to_scale(seen["value"])).groupby("avg_bits")["y"].mean()
-    if curve.empty:
+    seen_bits, unseen_bits = np.asarray(seen_bits, float), np.asarray(unseen_bits, float)
+    if not len(seen_bits):
         return 0, float("nan")
-    bits = unseen["avg_bits"].to_numpy(float)
-    inside = (bits >= curve.index.min()) & (bits <= curve.index.max())
+    bits, which = np.unique(seen_bits, return_inverse=True)
+    curve = np.bincount(which, np.asarray(seen_y, float)) / np.bincount(which)
+    inside = (unseen_bits >= bits[0]) & (unseen_bits <= bits[-1])
     if not inside.any():
         return 0, float("nan")
-    reference = np.interp(bits[inside], curve.index.to_numpy(float), curve.to_numpy(float))
-    unseen_scaled = to_scale(unseen["value"]).to_numpy(float)[inside]
-    return int(inside.sum()), float(np.mean(unseen_scaled - reference))
+    reference = np.interp(unseen_bits[inside], bits, curve)
+    return int(inside.sum()), float(np.mean(np.asarray(unseen_y, float)[inside] - reference))
+
+
+def _matched_diff(seen: pd.DataFrame, unseen: pd.DataFrame, to_scale) -> tuple[int, float]:
+    """``matched_difference`` of two frames' values on ``to_scale``'s scale."""
+    return matched_difference(
+        seen["avg_bits"], to_scale(seen["value"]), unseen["avg_bits"], to_scale(unseen["value"])
+    )
 
 
 def seen_unseen_table(results: pd.DataFrame) -> pd.DataFrame:
