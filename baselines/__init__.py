@@ -1,3 +1,6 @@
-"""Baselines on the shared training engine; importing this package registers them."""
+"""Baselines on the shared training engine, one module per method.
 
-from . import full_ft, gptq_lora, loftq, lqlora, qlora, qlora_bnb, shared_lora  # noqa: F401
+Each method is registered through the ``coalora.methods`` entry-point group in
+``pyproject.toml`` (``coalora.methods.registered_methods``); importing this package
+registers nothing, and ``coalora`` never imports it.
+"""

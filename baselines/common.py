@@ -1,16 +1,13 @@
-"""Pieces the baselines share: per-method options, the one training configuration of a
-per-configuration method, and provenance notes recorded with that configuration.
+"""Pieces the baselines share: the one training configuration of a per-configuration
+method, and provenance notes recorded with that configuration.
 
-Per-method options (LQ-LoRA's iterations, GPTQ's calibration set, ...) are small frozen
-dataclasses. A method takes them from its ``options=`` argument or, when that is not given,
-from ``settings.method_options`` (a dict) if the training settings carry one; every option
-has a default, so a method built by ``coalora.runner.run_training`` works without any.
+(Per-method options are the ``options_cls`` trait of each method, built by
+``coalora.methods.Method.build_options`` from ``TrainSettings.method_options[name]``.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from coalora.quant import ModelQConfig, QuantConfig
 
@@ -18,18 +15,6 @@ from coalora.quant import ModelQConfig, QuantConfig
 # (library settings, iterations, seconds) in that configuration's JSON (``ModelQConfig.extra``),
 # which the runner saves with the checkpoint as ``train_configs.json``.
 PROVENANCE_KEY = "baseline"
-
-
-def method_options(options_cls, method_name: str, settings, given: dict | None) -> Any:
-    """Build ``options_cls`` from ``given`` or ``settings.method_options``; unknown keys fail."""
-    data = given if given is not None else (getattr(settings, "method_options", None) or {})
-    if not isinstance(data, dict):
-        raise ValueError(f"options of method {method_name!r} must be a mapping, got {data!r}")
-    known = [f.name for f in dataclasses.fields(options_cls)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {method_name!r}; known: {known}")
-    return options_cls(**data)
 
 
 def uniform_option(mqc: ModelQConfig) -> QuantConfig | None:

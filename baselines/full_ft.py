@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coalora.io import atomic_dir, write_json
-from coalora.methods import Method, register_method
+from coalora.export import write_adapter_manifest
+from coalora.io import atomic_dir
+from coalora.methods import Method, Serves
 from coalora.quant import ModelQConfig
 from coalora.quant.targets import QuantTarget
 
 
-@register_method
 class FullFineTuning(Method):
     name = "full-ft"
+    serves = Serves.FULL_PRECISION
 
     @classmethod
     def fixed_configs(cls, targets: list[QuantTarget]) -> list[ModelQConfig]:
@@ -71,7 +72,10 @@ class FullFineTuning(Method):
         with atomic_dir(out_dir) as tmp:
             self.model.save_pretrained(str(tmp))
             self.loaded.tokenizer.save_pretrained(str(tmp))
-            write_json(
-                tmp / "coalora_full_ft.json", {"method": self.name, "base_model": base_model}
-            )
+            write_adapter_manifest(tmp, self.name, self.model, base_model)
         return Path(out_dir)
+
+    @classmethod
+    def load_exported(cls, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+        """The saved model itself (``model`` only tells its class: causal LM or classifier)."""
+        return type(model).from_pretrained(str(adapter_dir))

@@ -37,16 +37,18 @@ from torch import nn
 
 from coalora.export import export_peft_adapter
 from coalora.io import atomic_dir, read_json, write_json
-from coalora.methods import Method, register_method
-from coalora.quant import ModelQConfig
+from coalora.methods import Method, Serves
+from coalora.quant import ModelQConfig, QuantizedBase
 from coalora.quant.targets import QuantTarget
 
-from .common import check_trained_config, method_options, with_provenance
+from .common import check_trained_config, with_provenance
 
 INSTALL_HINT = "pip install 'llmcompressor==0.14.*'"
 # In an exported adapter: the GPTQ base weights (dequantized) and the run's configuration.
 GPTQ_BASE_FILE = "gptq_base.safetensors"
 GPTQ_CONFIG_FILE = "gptq_qconfig.json"
+# ``QuantizedBase.current`` while the base holds GPTQ's weights.
+GPTQ_BASE = "GPTQ base"
 PIPELINES = ("sequential", "basic")
 
 if TYPE_CHECKING:
@@ -187,14 +189,10 @@ def gptq_quantize(
     return {t.name: modules[t.name].weight.detach().to(torch.float32).clone() for t in targets}
 
 
-@register_method
 class GPTQLoRA(Method):
     name = "gptq-lora"
-    per_config = True
-
-    def __init__(self, loaded, qbase, settings, train_configs, options: dict | None = None):
-        self.options = method_options(GPTQOptions, self.name, settings, options)
-        super().__init__(loaded, qbase, settings, train_configs)
+    serves = Serves.TRAINED_CONFIGURATION
+    options_cls = GPTQOptions
 
     def setup(self) -> dict:
         require_llmcompressor()
@@ -230,9 +228,7 @@ class GPTQLoRA(Method):
 
     def activate(self, mqc: ModelQConfig) -> None:
         check_trained_config(self.name, self.train_configs[0], mqc)
-        with torch.no_grad():
-            for name, linear in self.qbase.linears.items():
-                linear.weight.data.copy_(self.gptq_weights[name].to(linear.weight.dtype))
+        self.qbase.set_weights(self.gptq_weights, GPTQ_BASE)
 
     def export(self, mqc: ModelQConfig, out_dir: str | Path, base_model: str) -> Path:
         """A standard peft adapter plus the GPTQ base it belongs on: ``gptq_base.safetensors``
@@ -244,13 +240,25 @@ class GPTQLoRA(Method):
         with atomic_dir(out_dir) as tmp:
             # export_peft_adapter replaces ``tmp`` atomically; the base is added beside it.
             export_peft_adapter(
-                self.model, self.wrappers, None, None, self.targets, tmp, base_model, task_type
+                self.model,
+                self.wrappers,
+                None,
+                None,
+                self.targets,
+                tmp,
+                base_model,
+                task_type,
+                method=self.name,
             )
             save_file(
                 {n: w.contiguous() for n, w in self.gptq_weights.items()}, str(tmp / GPTQ_BASE_FILE)
             )
             write_json(tmp / GPTQ_CONFIG_FILE, self.train_configs[0].to_dict())
         return Path(out_dir)
+
+    @classmethod
+    def load_exported(cls, model: nn.Module, adapter_dir: Path):
+        return load_gptq_adapter(model, adapter_dir)
 
 
 @torch.no_grad()
@@ -261,14 +269,7 @@ def load_gptq_adapter(
     adapter_dir = Path(adapter_dir)
     read_json(adapter_dir / GPTQ_CONFIG_FILE, "GPTQ configuration")  # a clear error if absent
     weights = load_file(adapter_dir / GPTQ_BASE_FILE)
-    modules = dict(model.named_modules())
-    missing = [name for name in weights if not isinstance(modules.get(name), nn.Linear)]
-    if missing:
-        raise ValueError(
-            f"GPTQ base of {adapter_dir} has module {missing[0]!r}, which the model lacks"
-        )
-    for name, weight in weights.items():
-        modules[name].weight.data.copy_(weight.to(modules[name].weight.dtype))
+    QuantizedBase(model, cache_bytes=0).set_weights(weights, f"GPTQ base of {adapter_dir}")
     from peft import PeftModel  # lazy: peft costs ~6 s to import (coalora/export.py)
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coalora.methods import register_method
 from coalora.quant import ModelQConfig
 
 from .common import check_trained_config, uniform_option
@@ -53,7 +52,6 @@ class LoftQOptions:
             )
 
 
-@register_method
 class LoftQ(LowRankInitMethod):
     name = "loftq"
     options_cls = LoftQOptions

@@ -30,15 +30,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from coalora.budgets import FISHER_BATCHES
-from coalora.export import QCONFIG_FILE, export_peft_adapter
+from coalora.export import QCONFIG_FILE, export_peft_adapter, load_peft_adapter
 from coalora.io import atomic_dir
 from coalora.lora import load_lora_state_dict, lora_state_dict
-from coalora.methods import Method
-from coalora.quant import ModelQConfig, QuantConfig, quantizable_targets, quantize_dequantize
+from coalora.methods import Method, Serves
+from coalora.quant import (
+    ModelQConfig,
+    QuantConfig,
+    QuantizedBase,
+    quantizable_targets,
+    quantize_dequantize,
+)
 from coalora.quant.cost import fisher_diagonal
 from coalora.quant.lowrank import svd_factors
 
-from .common import method_options, with_provenance
+from .common import with_provenance
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]  # W -> deq(quant(W))
 # (W, option, quantizer name) -> deq(quant(W)): how a configuration quantizes one matrix.
@@ -171,23 +177,19 @@ def loftq_decompose(
 
 
 class ResidualBase:
-    """Sets each targeted linear to ``deq(quant_c(W - S))`` for a configuration ``c``.
+    """Sets each targeted linear to ``deq(quant_c(W - S))`` for a configuration ``c``, through
+    ``qbase.set_weights`` (the one writer of base weights).
 
-    ``originals`` are the full-precision weights (``QuantizedBase.base_weights``, shared, not
+    ``originals`` are the full-precision weights (``qbase.base_weights``, shared, not
     copied); ``sources`` the low-rank S per matrix (missing or None: S = 0); ``quantize`` the
     quantizer (default: coalora's, under each matrix's option). The dequantized
     weights of the last configuration are kept, so training under one configuration quantizes
     once and only copies afterwards.
     """
 
-    def __init__(
-        self,
-        linears: dict[str, nn.Linear],
-        originals: dict[str, torch.Tensor],
-        quantize: ConfigQuantizer = quantize_dequantize,
-    ):
-        self.linears = linears
-        self.originals = originals
+    def __init__(self, qbase: QuantizedBase, quantize: ConfigQuantizer = quantize_dequantize):
+        self.qbase = qbase
+        self.originals = qbase.base_weights
         self.quantize = quantize
         self.sources: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._cached_key = None
@@ -207,11 +209,12 @@ class ResidualBase:
         if mqc.key() != self._cached_key:
             self._cached = {
                 name: self.quantize(self.residual(name), mqc.modules[name], mqc.quantizer)
-                for name in self.linears
+                for name in self.qbase.linears
             }
             self._cached_key = mqc.key()
-        for name, linear in self.linears.items():
-            linear.weight.data.copy_(self._cached[name].to(linear.weight.dtype))
+        self.qbase.set_weights(
+            self._cached, f"{mqc.name or 'configuration'} on a low-rank residual"
+        )
 
 
 # --- the method ----------------------------------------------------------------------------------
@@ -227,17 +230,10 @@ class LowRankInitMethod(Method):
     LoRA factors instead of decomposing again.
     """
 
-    per_config = True
-    options_cls: type = object
-
-    def __init__(self, loaded, qbase, settings, train_configs, options: dict | None = None):
-        self.options = method_options(self.options_cls, self.name, settings, options)
-        super().__init__(loaded, qbase, settings, train_configs)
+    serves = Serves.TRAINED_CONFIGURATION
 
     def setup(self) -> dict:
-        self.residual_base = ResidualBase(
-            self.qbase.linears, self.qbase.base_weights, self.quantize
-        )
+        self.residual_base = ResidualBase(self.qbase, self.quantize)
         self.initialised = False
         self.init_splits: dict[str, tuple[list[float], int]] = {}  # errors, kept iteration
         self.init_seconds = 0.0
@@ -389,7 +385,15 @@ class LowRankInitMethod(Method):
             # added beside it before ``out_dir`` appears.
             task_type = "SEQ_CLS" if self.loaded.kind == "classification" else "CAUSAL_LM"
             export_peft_adapter(
-                self.model, self.wrappers, None, tagged, self.targets, tmp, base_model, task_type
+                self.model,
+                self.wrappers,
+                None,
+                tagged,
+                self.targets,
+                tmp,
+                base_model,
+                task_type,
+                method=self.name,
             )
             save_file(
                 tensors,
@@ -398,6 +402,10 @@ class LowRankInitMethod(Method):
             )
         return Path(out_dir)
 
+    @classmethod
+    def load_exported(cls, model: nn.Module, adapter_dir: Path):
+        return load_residual_adapter(model, adapter_dir)
+
 
 @torch.no_grad()
 def load_residual_adapter(
@@ -405,22 +413,27 @@ def load_residual_adapter(
 ) -> PeftModel:
     """Load an adapter exported by LQ-LoRA / LoftQ onto ``model`` (full precision, modified in
     place): each targeted weight becomes ``deq(quant_c(W - S1 S2))``, then peft loads the adapter.
+    An export without S (LoftQ with one iteration) is a plain adapter.
     """
     adapter_dir = Path(adapter_dir)
     mqc = ModelQConfig.load(adapter_dir / QCONFIG_FILE, quantizable_targets(model))
-    residual_file = adapter_dir / mqc.extra.get(BASE_RESIDUAL_KEY, BASE_RESIDUAL_FILE)
+    if BASE_RESIDUAL_KEY not in mqc.extra:
+        return load_peft_adapter(model, adapter_dir, is_trainable=is_trainable)
+    residual_file = adapter_dir / mqc.extra[BASE_RESIDUAL_KEY]
     if not residual_file.is_file():
         raise FileNotFoundError(
             f"adapter {adapter_dir} has no base residual file {residual_file.name}"
         )
     factors = load_file(residual_file)
-    modules = dict(model.named_modules())
-    for name, qc in mqc.modules.items():
-        weight = modules[name].weight
-        w = weight.data.to(torch.float32)
-        if f"{name}.S1" in factors:
-            w = w - (factors[f"{name}.S1"] @ factors[f"{name}.S2"]).to(w.device)
-        weight.data.copy_(quantize_dequantize(w, qc, mqc.quantizer).to(weight.dtype))
+    residual_base = ResidualBase(QuantizedBase(model, cache_bytes=0))
+    residual_base.set_sources(
+        {
+            name: (factors[f"{name}.S1"], factors[f"{name}.S2"])
+            for name in mqc.modules
+            if f"{name}.S1" in factors
+        }
+    )
+    residual_base.apply(mqc)
     from peft import PeftModel  # lazy: peft costs ~6 s to import (coalora/export.py)
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)

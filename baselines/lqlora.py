@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coalora.methods import register_method
-
 from .lowrank import LowRankInitMethod, LowRankSplit, lq_decompose
 
 
@@ -47,10 +45,10 @@ class LQLoRAOptions:
             )
 
 
-@register_method
 class LQLoRA(LowRankInitMethod):
     name = "lqlora"
     options_cls = LQLoRAOptions
+    own_allocation = True
 
     @classmethod
     def allocation_lowrank_rank(cls, settings) -> int | None:

@@ -6,10 +6,9 @@ dequantized weights into the model, LoRA is ``coalora.lora``. For the library pa
 bitsandbytes' real 4-bit layers see ``qlora_bnb``.
 """
 
-from coalora.methods import Method, register_method
+from coalora.methods import Method, Serves
 
 
-@register_method
 class QLoRA(Method):
     name = "qlora"
-    per_config = True
+    serves = Serves.TRAINED_CONFIGURATION

@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from coalora.export import write_adapter_manifest
 from coalora.io import atomic_dir, write_json
 from coalora.lora import task_head_names
-from coalora.methods import Method, register_method
-from coalora.quant import ModelQConfig, QuantConfig
+from coalora.methods import Method, Serves
+from coalora.quant import ModelQConfig, QuantConfig, quantizable_targets
 from coalora.quant.targets import QuantTarget
 
 from .common import check_trained_config, uniform_option, with_provenance
@@ -125,12 +126,11 @@ def load_bnb_model(
     return quantized
 
 
-@register_method
 class QLoRABnb(Method):
     """bitsandbytes NF4 base + peft LoRA, for the one configuration bitsandbytes expresses."""
 
     name = "qlora-bnb"
-    per_config = True
+    serves = Serves.FIXED_CONFIGURATION
 
     @classmethod
     def fixed_configs(cls, targets: list[QuantTarget]) -> list[ModelQConfig]:
@@ -203,4 +203,13 @@ class QLoRABnb(Method):
             self.model.save_pretrained(str(tmp))
             config = self.model.base_model.model.config.quantization_config.to_dict()
             write_json(tmp / BNB_CONFIG_FILE, {**config, "base_model": base_model})
+            write_adapter_manifest(tmp, self.name, self.model, base_model)
         return Path(out_dir)
+
+    @classmethod
+    def load_exported(cls, model: torch.nn.Module, adapter_dir: Path):
+        """``model`` (full precision) through bitsandbytes' NF4, then peft's adapter on it."""
+        from peft import PeftModel  # lazy: peft costs ~6 s to import (coalora/export.py)
+
+        quantized = load_bnb_model(model, quantizable_targets(model))
+        return PeftModel.from_pretrained(quantized, str(adapter_dir))

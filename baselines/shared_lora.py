@@ -8,10 +8,10 @@ defect, docs/method.md section 9); each step draws K of the configurations, aver
 on the same minibatch and steps once. Every configuration is evaluated with the same adapter.
 """
 
-from coalora.methods import Method, register_method
+from coalora.methods import Method, Serves
 
 
-@register_method
 class SharedLoRA(Method):
     name = "shared-lora"
+    serves = Serves.SHARED_ADAPTER
     default_budgets = (2.5, 3.0, 3.5, 4.0)

@@ -31,6 +31,21 @@ def _cmd_tasks(args) -> None:
     print("(local:DIR defines a task from local TSV/JSONL files; see README)")
 
 
+def _cmd_methods(args) -> None:
+    import json
+
+    from .methods import method_traits
+
+    traits = method_traits()
+    if args.json:
+        print(json.dumps(traits, indent=2))
+        return
+    for name, t in traits.items():
+        trains = "one run per configuration" if t["per_config"] else "one run"
+        options = f"; options: {', '.join(t['options'])}" if t["options"] else ""
+        print(f"{name:12s} serves {t['serves']:15s} {trains}{options}")
+
+
 def _cmd_prepare(args) -> None:
     from .runner import prepare
 
@@ -129,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the named base models").set_defaults(func=_cmd_models)
     sub.add_parser("tasks", help="list the named tasks").set_defaults(func=_cmd_tasks)
+    p = sub.add_parser("methods", help="list the registered methods and their traits")
+    p.add_argument("--json", action="store_true", help="the traits as JSON (the workflow's view)")
+    p.set_defaults(func=_cmd_methods)
 
     p = sub.add_parser("prepare", help="make the base model and task data ready (offline)")
     p.add_argument("--model", required=True)

@@ -8,9 +8,12 @@ loads with no coalora code::
     adapter_config.json         peft LoraConfig (r, lora_alpha, exact target module names, ...)
     adapter_model.safetensors   base_model.model.<module>.lora_{A,B}.weight (+ the task head)
     qconfig.json                the quantization configuration the adapter was folded for
+    coalora_adapter.json        which method wrote it, for which base model
 
 The adapter is only correct on top of the base model quantized under ``qconfig.json``;
-``load_peft_adapter`` does both steps.
+``load_peft_adapter`` does both steps. Every method's export writes ``coalora_adapter.json``
+(``write_adapter_manifest``), from which ``coalora.methods.load_adapter`` picks the method's
+own loader (LQ-LoRA's residual base, GPTQ's base, bitsandbytes, a full model, ...).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .io import atomic_dir
+from .io import atomic_dir, write_json
 from .lora import LoraLinear, task_head_names
 from .mapper import ConfigAwareMapper
 from .quant.apply import apply_qconfig
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 QCONFIG_FILE = "qconfig.json"
+ADAPTER_MANIFEST = "coalora_adapter.json"
 # peft's prefix for the wrapped model's parameters in an adapter file.
 PEFT_PREFIX = "base_model.model."
 
@@ -105,6 +109,24 @@ def folded_adapter_state(
     return state
 
 
+def write_adapter_manifest(
+    directory: str | os.PathLike, method: str, model: nn.Module, base_model: str
+) -> None:
+    """``coalora_adapter.json``: the method that exported ``directory`` and its base model
+    (name, task type and labels, enough to load the base again)."""
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    classifier = bool(task_head_names(model))
+    write_json(
+        Path(directory) / ADAPTER_MANIFEST,
+        {
+            "method": method,
+            "base_model": base_model,
+            "task_type": "SEQ_CLS" if classifier else "CAUSAL_LM",
+            "num_labels": num_labels if classifier else None,
+        },
+    )
+
+
 def export_peft_adapter(
     model: nn.Module,
     wrappers: dict[str, LoraLinear],
@@ -114,6 +136,7 @@ def export_peft_adapter(
     out_dir: str | os.PathLike,
     base_model_name_or_path: str,
     task_type: str,
+    method: str,
 ) -> Path:
     """Write the adapter for configuration ``mqc`` as a standard peft directory, atomically.
 
@@ -153,6 +176,7 @@ def export_peft_adapter(
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         if mqc is not None:
             mqc.save(tmp / QCONFIG_FILE)
+        write_adapter_manifest(tmp, method, model, base_model_name_or_path)
     return out_dir
 
 
@@ -160,12 +184,8 @@ def load_peft_adapter(
     model: nn.Module, adapter_dir: str | os.PathLike, is_trainable: bool = False
 ) -> PeftModel:
     """Quantize ``model`` in place under the adapter's ``qconfig.json`` (if it has one), then
-    load the adapter with ``PeftModel.from_pretrained``."""
-    if (Path(adapter_dir) / "base_residual.safetensors").exists():
-        raise ValueError(
-            f"adapter {adapter_dir} belongs on a low-rank-corrected base (LQ-LoRA / LoftQ): "
-            "load it with baselines.lowrank.load_residual_adapter"
-        )
+    load the adapter with ``PeftModel.from_pretrained``. ``coalora.methods.load_adapter``
+    loads any method's export; this is the loader of the plain-LoRA ones."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(

@@ -6,36 +6,124 @@ configurations to train under (``configs_for_step``) and to switch the model to 
 (``activate``). After training, ``activate`` + ``model`` give the model for any configuration
 at evaluation, and ``export`` writes a standard PEFT adapter for it.
 
-Methods register by name in ``METHODS``; baselines live in ``baselines/`` and register there.
+What a method IS lives on its class, once: whether it trains one run per configuration
+(``per_config``), which configurations its trained model serves (``serves``), whether its ILP
+allocates over its own costs (``own_allocation``), its options (``options_cls``, read from
+``TrainSettings.method_options[name]``) and how its exported directory is loaded back
+(``load_exported``). The workflow (``coalora methods --json`` / ``method_traits``), the
+report (through the ``serves`` of each evaluation record) and the CLI ask the class.
+
+Methods register through the entry-point group ``coalora.methods`` (``pyproject.toml``),
+loaded once on first use: ``coalora`` never imports ``baselines``, and a third-party package
+adds a method by declaring an entry point. Two registrations of one name are refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import json
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .export import export_peft_adapter
+from .export import ADAPTER_MANIFEST, export_peft_adapter, load_peft_adapter
 from .lora import inject_lora, load_lora_state_dict, lora_state_dict
 from .mapper import CoALoRA, ConfigAwareMapper
 from .quant import ModelQConfig, QuantizedBase
 from .quant.allocate import budget_grid
 
-METHODS: dict[str, type[Method]] = {}
+ENTRY_POINT_GROUP = "coalora.methods"
 
 
-def register_method(cls):
-    METHODS[cls.name] = cls
+class Serves(enum.StrEnum):
+    """Which configurations one trained model of a method is evaluated under."""
+
+    ANY_CONFIGURATION = "any"  # adjusts itself to any configuration (CoA-LoRA)
+    SHARED_ADAPTER = "shared"  # one unchanged adapter under any configuration (Shared-LoRA)
+    TRAINED_CONFIGURATION = "trained"  # only the configuration it trained on (QLoRA, ...)
+    FIXED_CONFIGURATION = "fixed"  # one configuration the method itself fixes (QLoRA-bnb)
+    FULL_PRECISION = "full-precision"  # no quantization at all (full fine-tuning)
+
+
+_METHODS: dict[str, type[Method]] = {}
+_SOURCES: dict[str, str] = {}
+_LOADED = False
+
+
+def register_method(cls: type[Method], source: str | None = None) -> type[Method]:
+    """Add ``cls`` under ``cls.name``; a second registration of a name is refused."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{source or cls!r} is not a coalora.methods.Method subclass")
+    source = source or f"{cls.__module__}:{cls.__qualname__}"
+    if cls.name in _METHODS:
+        raise ValueError(
+            f"method {cls.name!r} is registered twice: by {_SOURCES[cls.name]} and by {source}"
+        )
+    _METHODS[cls.name] = cls
+    _SOURCES[cls.name] = source
     return cls
 
 
-def get_method(name: str) -> type[Method]:
-    import baselines  # noqa: F401 - registers the baseline methods
+def registered_methods() -> dict[str, type[Method]]:
+    """Every method, by name, from the ``coalora.methods`` entry points (loaded once)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            cls = point.load()
+            if getattr(cls, "name", None) != point.name:
+                raise ValueError(
+                    f"entry point {point.name!r} = {point.value!r} names a method called "
+                    f"{getattr(cls, 'name', None)!r}: the two names must agree"
+                )
+            register_method(cls, f"entry point {point.value!r}")
+        if not _METHODS:
+            raise RuntimeError(
+                f"no methods are registered (entry-point group {ENTRY_POINT_GROUP!r} is empty): "
+                "install the package (`make install`, or `pip install -e .`)"
+            )
+    return _METHODS
 
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+
+def get_method(name: str) -> type[Method]:
+    methods = registered_methods()
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(methods))}")
+    return methods[name]
+
+
+def method_traits() -> dict[str, dict]:
+    """Each registered method's traits as plain data (``coalora methods --json``)."""
+    return {name: cls.traits() for name, cls in sorted(registered_methods().items())}
+
+
+def load_adapter(adapter_dir: str | Path, model: torch.nn.Module | None = None):
+    """Load any method's exported directory: its manifest names the method, whose
+    ``load_exported`` rebuilds the adapted model. ``model`` is the base model to load onto
+    (changed in place); by default the base named in the manifest is loaded."""
+    adapter_dir = Path(adapter_dir)
+    manifest_path = adapter_dir / ADAPTER_MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"not an exported coalora adapter (no {ADAPTER_MANIFEST}): {adapter_dir}"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        method = get_method(manifest["method"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{manifest_path} is not a valid adapter manifest: {err}") from None
+    if model is None:
+        from .models import load_model  # lazy: the models module pulls in transformers
+
+        kind = "classification" if manifest.get("task_type") == "SEQ_CLS" else "causal-lm"
+        model = load_model(
+            manifest["base_model"], kind=kind, num_labels=manifest.get("num_labels")
+        ).model
+    return method.load_exported(model, adapter_dir)
 
 
 class Method:
@@ -45,12 +133,46 @@ class Method:
     """
 
     name = "lora"
-    # Trains one run per configuration (needs --budget / --qconfig).
+    # Which configurations one trained model is evaluated under.
+    serves: Serves = Serves.SHARED_ADAPTER
+    # Trains one run per configuration (needs --budget / --qconfig, or fixes its own):
+    # follows from ``serves`` (set in ``__init_subclass__``), never declared apart.
     per_config = False
+    # The ILP allocates over the method's own costs (``allocation_lowrank_rank``), into its
+    # own configuration files, instead of the plain quantization costs.
+    own_allocation = False
     # Default initial training-set budgets when the caller gives none.
     default_budgets: tuple[float, ...] = ()
+    # The method's options (a frozen dataclass whose fields all have defaults), or None.
+    options_cls: type | None = None
 
-    def __init__(self, loaded, qbase: QuantizedBase, settings, train_configs: list[ModelQConfig]):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.serves = Serves(cls.serves)
+        cls.per_config = cls.serves in (Serves.TRAINED_CONFIGURATION, Serves.FIXED_CONFIGURATION)
+
+    @classmethod
+    def traits(cls) -> dict:
+        """What the workflow and the report need to know, as plain data."""
+        return {
+            "per_config": cls.per_config,
+            "serves": str(cls.serves),
+            "own_allocation": cls.own_allocation,
+            "default_budgets": list(cls.default_budgets),
+            "options": [f.name for f in dataclasses.fields(cls.options_cls)]
+            if cls.options_cls
+            else [],
+        }
+
+    def __init__(
+        self,
+        loaded,
+        qbase: QuantizedBase,
+        settings,
+        train_configs: list[ModelQConfig],
+        options: dict | None = None,
+    ):
+        self.options = self.build_options(settings, options)
         if not train_configs and self.fixed_configs(qbase.targets) != []:
             raise ValueError(f"method {self.name!r} needs at least one training configuration")
         if self.per_config and len(train_configs) != 1:
@@ -66,6 +188,38 @@ class Method:
             mqc.check_targets(self.targets, f"training configuration {mqc.name or ''}".strip())
         self.train_configs = list(train_configs)
         self.wrappers = self.setup()
+
+    @classmethod
+    def build_options(cls, settings, given: dict | None = None) -> Any:
+        """The method's options from ``given``, else ``settings.method_options[cls.name]``
+        (options are keyed by method, so one method never reads another's); unknown
+        methods or option names fail with a one-line error."""
+        keyed = getattr(settings, "method_options", None) or {}
+        if not isinstance(keyed, dict):
+            raise ValueError(f"training setting 'method_options' must be a mapping, got {keyed!r}")
+        unknown = sorted(set(keyed) - set(registered_methods()))
+        if unknown:
+            raise ValueError(
+                f"training setting 'method_options' names unknown method(s) {unknown}: its "
+                'keys are method names, e.g. {"lqlora": {"iters": 100}}'
+            )
+        data = given if given is not None else keyed.get(cls.name, {})
+        if not isinstance(data, dict):
+            raise ValueError(f"options of method {cls.name!r} must be a mapping, got {data!r}")
+        if cls.options_cls is None:
+            if data:
+                raise ValueError(f"method {cls.name!r} takes no options, got {sorted(data)}")
+            return None
+        known = [f.name for f in dataclasses.fields(cls.options_cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for method {cls.name!r}; known: {known}")
+        return cls.options_cls(**data)
+
+    @classmethod
+    def load_exported(cls, model: torch.nn.Module, adapter_dir: Path):
+        """Rebuild the adapted model from a directory ``export`` wrote (see ``load_adapter``)."""
+        return load_peft_adapter(model, adapter_dir)
 
     # --- hooks a subclass may override -------------------------------------------------
     @classmethod
@@ -140,10 +294,10 @@ class Method:
             out_dir,
             base_model,
             task_type,
+            method=self.name,
         )
 
 
-@register_method
 class CoALoRAMethod(Method):
     """CoA-LoRA: shared LoRA factors + the configuration-aware mapper (docs/method.md section 3).
 
@@ -152,6 +306,7 @@ class CoALoRAMethod(Method):
     """
 
     name = "coalora"
+    serves = Serves.ANY_CONFIGURATION
     # The official initial set: 2.25, 2.30, ..., 7.25, every other one kept (50 budgets).
     default_budgets = tuple(budget_grid(2.25, 7.25, 0.05, keep_every=2))
 

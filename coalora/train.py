@@ -67,7 +67,8 @@ class TrainSettings:
     search_steps: int = 10
     # "auto": the first CUDA GPU when there is one, else the CPU.
     device: str = "auto"
-    # Options of one method (e.g. LQ-LoRA's {"iters": 100}); each method checks its keys.
+    # Options keyed by method (e.g. {"lqlora": {"iters": 100}}): a method reads only its own
+    # entry and checks its keys (coalora.methods.Method.build_options).
     method_options: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from baselines import gptq_lora
-from baselines.lowrank import load_residual_adapter, loftq_decompose, lq_decompose
-from baselines.qlora_bnb import BNB_CONFIG_FILE, BNB_NF4, bnb_nf4_dequantized, load_bnb_model
+from baselines.lowrank import loftq_decompose, lq_decompose
+from baselines.qlora_bnb import BNB_CONFIG_FILE, BNB_NF4, bnb_nf4_dequantized
 from coalora.data import load_task, make_batches
-from coalora.methods import get_method
+from coalora.export import ADAPTER_MANIFEST
+from coalora.methods import get_method, load_adapter, method_traits
 from coalora.models import load_model
 from coalora.quant import ALL_OPTIONS, ModelQConfig, QuantConfig, QuantizedBase, nf_codebook
 from coalora.quant import quantize_dequantize as qdq
@@ -67,6 +68,72 @@ def test_every_baseline_is_registered():
     per_config = {n for n in names if get_method(n).per_config}
     assert per_config == {"qlora", "qlora-bnb", "lqlora", "loftq", "gptq-lora"}
     assert get_method("shared-lora").default_budgets == (2.5, 3.0, 3.5, 4.0)
+    # The traits the workflow and the report read, declared once on each class.
+    traits = method_traits()
+    assert set(traits) == names | {"coalora"}
+    assert {n: t["serves"] for n, t in traits.items()} == {
+        "coalora": "any",
+        "shared-lora": "shared",
+        "qlora": "trained",
+        "lqlora": "trained",
+        "loftq": "trained",
+        "gptq-lora": "trained",
+        "qlora-bnb": "fixed",
+        "full-ft": "full-precision",
+    }
+    assert [n for n, t in traits.items() if t["own_allocation"]] == ["lqlora"]
+    assert traits["lqlora"]["options"] == ["iters", "randomized", "oversampling", "fisher_task"]
+
+
+def test_registry_refuses_duplicates_and_names_unknown_methods(monkeypatch):
+    import coalora.methods as methods
+
+    class Impostor(methods.Method):
+        name = "qlora"
+
+    with pytest.raises(ValueError, match="method 'qlora' is registered twice: by entry point"):
+        methods.register_method(Impostor, "a test")
+    with pytest.raises(TypeError, match="not a coalora.methods.Method subclass"):
+        methods.register_method(dict)
+    with pytest.raises(ValueError, match="unknown method 'qlorra'; available: coalora, full-ft"):
+        get_method("qlorra")
+    # A plug-in package adds a method by declaring an entry point in the group.
+    monkeypatch.setattr(methods, "_METHODS", {})
+    monkeypatch.setattr(methods, "_SOURCES", {})
+    monkeypatch.setattr(methods, "_LOADED", False)
+
+    class Point:
+        def __init__(self, name, value, cls):
+            self.name, self.value, self._cls = name, value, cls
+
+        def load(self):
+            return self._cls
+
+    class PlugIn(methods.Method):
+        name = "plug-in"
+
+    points = [Point("plug-in", "pkg:PlugIn", PlugIn), Point("plug-in", "other:PlugIn", PlugIn)]
+    monkeypatch.setattr(methods, "entry_points", lambda group: points)
+    with pytest.raises(ValueError, match="'plug-in' is registered twice: by entry point 'pkg:Plu"):
+        methods.registered_methods()
+    monkeypatch.setattr(methods, "_METHODS", {})
+    monkeypatch.setattr(methods, "_LOADED", False)
+    monkeypatch.setattr(methods, "entry_points", lambda group: [Point("x", "pkg:PlugIn", PlugIn)])
+    with pytest.raises(ValueError, match="entry point 'x' = 'pkg:PlugIn' names a method called"):
+        methods.registered_methods()
+
+
+def test_options_are_keyed_by_method(lm_task):
+    """Each method reads only its own entry of ``method_options``: LoftQ never takes
+    LQ-LoRA's ``iters``; unknown methods and options are named."""
+    settings = TrainSettings(**SETTINGS, method_options={"lqlora": {"iters": 7}})
+    assert get_method("loftq").build_options(settings).iters == 1
+    assert get_method("lqlora").build_options(settings).iters == 7
+    assert get_method("qlora").build_options(settings) is None
+    with pytest.raises(ValueError, match=r"names unknown method\(s\) \['lqlorra'\]"):
+        get_method("qlora").build_options(TrainSettings(method_options={"lqlorra": {}}))
+    with pytest.raises(ValueError, match="method 'qlora' takes no options"):
+        get_method("qlora").build_options(TrainSettings(method_options={"qlora": {"iters": 1}}))
 
 
 @pytest.mark.parametrize(
@@ -94,25 +161,14 @@ def test_training_lowers_the_loss_and_export_reloads(method, option, lm_task, tm
     batch = batches.batch(0)
     expected = logits(model, batch)
     out = runner.export(runner.train_configs[0], tmp_path / "export", "tiny-llama")
-    fresh = load_model("tiny-llama").model
-    if method == "full-ft":
-        from transformers import AutoModelForCausalLM
-
-        reloaded = AutoModelForCausalLM.from_pretrained(out)
-    elif method == "qlora-bnb":
-        from peft import PeftModel
-
+    if method == "qlora-bnb":
         assert json.loads((out / BNB_CONFIG_FILE).read_text())["bnb_4bit_quant_type"] == "nf4"
-        reloaded = PeftModel.from_pretrained(load_bnb_model(fresh, runner.targets), out)
-    elif method == "gptq-lora":
-        reloaded = gptq_lora.load_gptq_adapter(fresh, out)
-    elif method in ("lqlora", "loftq"):
-        reloaded = load_residual_adapter(fresh, out)
-    else:
-        from coalora.export import load_peft_adapter
-
-        reloaded = load_peft_adapter(fresh, out)
-    torch.testing.assert_close(logits(reloaded.eval(), batch), expected, atol=1e-4, rtol=1e-4)
+    # One loader for every method: the directory's manifest picks the method's own (residual
+    # base, GPTQ base, bitsandbytes, a whole model, ...); onto a given fresh base, or the base
+    # the manifest names.
+    assert json.loads((out / ADAPTER_MANIFEST).read_text())["method"] == method
+    for reloaded in (load_adapter(out, load_model("tiny-llama").model), load_adapter(out)):
+        torch.testing.assert_close(logits(reloaded.eval(), batch), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

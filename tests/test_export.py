@@ -80,7 +80,15 @@ def test_exported_adapter_reproduces_coa_forward(kind, tmp_path):
     mqc = random_config(targets, seed=0)
     expected = coa_logits(model, quantized, coa, mqc)
     out = export_peft_adapter(
-        model, coa.wrappers, coa.mapper, mqc, targets, tmp_path / "adapter", "tiny-" + kind, task
+        model,
+        coa.wrappers,
+        coa.mapper,
+        mqc,
+        targets,
+        tmp_path / "adapter",
+        "tiny-" + kind,
+        task,
+        method="coalora",
     )
 
     # A fresh copy of the base model, quantized under the same configuration by the
@@ -106,11 +114,20 @@ def test_adapter_files_are_what_peft_writes(kind, tmp_path):
     model, _, targets, coa, task = trained_like(kind)
     mqc = random_config(targets, seed=1)
     out = export_peft_adapter(
-        model, coa.wrappers, coa.mapper, mqc, targets, tmp_path / "a", "tiny-base", task
+        model,
+        coa.wrappers,
+        coa.mapper,
+        mqc,
+        targets,
+        tmp_path / "a",
+        "tiny-base",
+        task,
+        method="coalora",
     )
     assert sorted(p.name for p in out.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "coalora_adapter.json",
         "qconfig.json",
     ]
     config = json.loads((out / "adapter_config.json").read_text())
@@ -133,7 +150,15 @@ def test_configurations_fold_to_different_adapters_without_training(tmp_path):
     snapshot = {k: v.clone() for k, v in coa.state_dict().items()}
     state_seen = folded_adapter_state(model, coa.wrappers, coa.mapper, seen, targets)
     out = export_peft_adapter(
-        model, coa.wrappers, coa.mapper, unseen, targets, tmp_path / "unseen", "tiny", task
+        model,
+        coa.wrappers,
+        coa.mapper,
+        unseen,
+        targets,
+        tmp_path / "unseen",
+        "tiny",
+        task,
+        method="coalora",
     )
     # Exporting changes nothing that training owns.
     assert all(torch.equal(v, coa.state_dict()[k]) for k, v in snapshot.items())
@@ -167,14 +192,32 @@ def test_plain_lora_export_and_its_guards(tmp_path):
         coa.set_config(mqc)
     # A mixing left on the wrappers would not be in a plain export: refuse.
     with pytest.raises(ValueError, match="has a mixing matrix set"):
-        export_peft_adapter(model, coa.wrappers, None, mqc, targets, tmp_path / "x", "t", task)
+        export_peft_adapter(
+            model, coa.wrappers, None, mqc, targets, tmp_path / "x", "t", task, method="coalora"
+        )
     with pytest.raises(ValueError, match="needs a configuration"):
         export_peft_adapter(
-            model, coa.wrappers, coa.mapper, None, targets, tmp_path / "x", "t", task
+            model,
+            coa.wrappers,
+            coa.mapper,
+            None,
+            targets,
+            tmp_path / "x",
+            "t",
+            task,
+            method="coalora",
         )
     with pytest.raises(ValueError, match="unknown peft task_type"):
         export_peft_adapter(
-            model, coa.wrappers, coa.mapper, mqc, targets, tmp_path / "x", "t", "NOPE"
+            model,
+            coa.wrappers,
+            coa.mapper,
+            mqc,
+            targets,
+            tmp_path / "x",
+            "t",
+            "NOPE",
+            method="coalora",
         )
     assert not (tmp_path / "x").exists()  # nothing half-written
     # Plain LoRA (a baseline): the export equals the wrappers with no mixing.
@@ -182,7 +225,9 @@ def test_plain_lora_export_and_its_guards(tmp_path):
     with torch.no_grad():
         quantized.apply(mqc)
         expected = model(input_ids=INPUT_IDS).logits
-    out = export_peft_adapter(model, coa.wrappers, None, mqc, targets, tmp_path / "p", "t", task)
+    out = export_peft_adapter(
+        model, coa.wrappers, None, mqc, targets, tmp_path / "p", "t", task, method="qlora"
+    )
     loaded = load_peft_adapter(tiny_llama(), out).eval()
     with torch.no_grad():
         assert (loaded(input_ids=INPUT_IDS).logits - expected).abs().max().item() <= 1e-5

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..data import TASKS, TaskData, lm_token_ids, load_task
+from ..methods import Serves, get_method
 from ..quant import ModelQConfig
 from ..train import resolve_device
 from .classification import evaluate_classifier
@@ -216,6 +217,11 @@ def make_record(
 # ============================================================================ configurations
 
 
+# A configuration item: the one configuration the trained method chose for itself
+# (QLoRA-bnb's NF4), known only once the checkpoint is loaded.
+TRAINED = "the method's own training configuration"
+
+
 def resolve_configs(
     items: Sequence, loaded, qbase, quantizer: str = "nf", allocation: dict | None = None
 ) -> list[ModelQConfig | None]:
@@ -233,7 +239,7 @@ def resolve_configs(
         by_budget = dict(zip(budgets, allocated, strict=True))
     out: list[ModelQConfig | None] = []
     for item in items:
-        if item is None or isinstance(item, ModelQConfig):
+        if item is None or item is TRAINED or isinstance(item, ModelQConfig):
             mqc = item
         elif isinstance(item, int | float) and not isinstance(item, bool):
             mqc = by_budget[float(item)]
@@ -242,7 +248,7 @@ def resolve_configs(
             mqc.name = mqc.name or Path(item).stem
         else:
             raise ValueError(f"not a configuration, budget or qconfig path: {item!r}")
-        if mqc is not None:
+        if isinstance(mqc, ModelQConfig):
             mqc.check_targets(qbase.targets, f"configuration {config_label(mqc)!r}")
         out.append(mqc)
     return out
@@ -321,7 +327,8 @@ def evaluate_configs(
     mqcs = resolve_configs(
         configs, method.loaded, method.qbase, manifest.get("quantizer", "nf"), allocation
     )
-    if any(m is None for m in mqcs):
+    mqcs = [method.train_configs[0] if m is TRAINED else m for m in mqcs]
+    if any(m is None for m in mqcs) and method.serves != Serves.FULL_PRECISION:
         raise ValueError("a trained method is evaluated under quantized configurations only")
     train_settings = manifest["settings"]
     max_length = settings.max_length or train_settings.get("max_length") or DEFAULT_MAX_LENGTH
@@ -341,13 +348,14 @@ def evaluate_configs(
         protocol.update(_common_protocol(task_data, method.loaded, load_seconds, len(mqcs)))
         protocol["eval_settings"] = asdict(settings)
         protocol["trained_method"] = manifest["method"]
+        protocol["serves"] = str(method.serves)
         protocol["train_settings"] = train_settings
         record = make_record(
             model=manifest["model"],
             task=task_data.spec.name,
             method=label or manifest["method"],
             mqc=mqc,
-            seen=mqc.key() in trained_keys,
+            seen=None if mqc is None else mqc.key() in trained_keys,
             metrics=metrics,
             per_example=per_example,
             primary=measure.primary_metric,
@@ -547,13 +555,21 @@ def eval_settings_from_cli(args) -> EvalSettings:
 
 def evaluate_trained_from_cli(args) -> None:
     """``coalora train --evaluate-out FILE``: evaluate the checkpoint just written under the
-    configuration it was trained on (``--qconfig`` or ``--budget``), as ``coalora evaluate``
-    would, in the same process (one start-up and import instead of two)."""
-    if args.qconfig is None and args.budget is None:
+    configuration it was trained on (``--qconfig`` or ``--budget``; for a method that chooses
+    its own configuration, that one), as ``coalora evaluate`` would, in the same process (one
+    start-up and import instead of two)."""
+    own = get_method(args.method).serves
+    if args.qconfig is not None or args.budget is not None:
+        item = args.qconfig if args.qconfig is not None else args.budget
+    elif own == Serves.FULL_PRECISION:
+        item = None
+    elif own == Serves.FIXED_CONFIGURATION:
+        item = TRAINED
+    else:
         raise ValueError(
-            "--evaluate-out evaluates a per-configuration run: give --qconfig or --budget"
+            "--evaluate-out evaluates a run under its one configuration: give --qconfig or "
+            f"--budget (method {args.method!r} serves {own} configurations)"
         )
-    item = args.qconfig if args.qconfig is not None else args.budget
     allocation = {"fisher_task": args.fisher_task, "max_elements": args.max_elements}
     (record,) = evaluate_configs(
         args.out, [item], None, [Path(args.evaluate_out)], eval_settings_from_cli(args),

@@ -4,6 +4,10 @@
 matrices, so switching configurations never reloads the model from disk. Dequantized
 weights are cached per (matrix, option) up to a byte budget, because training samples a
 few configurations over and over.
+
+``QuantizedBase`` is the only writer of a model's targeted base weights: methods whose base
+is not coalora's quantizer under a configuration (LQ-LoRA's residual, GPTQ's weights) hand
+their weights to ``set_weights``, so ``current`` always says what the model holds.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ class QuantizedBase:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
-        self.current: ModelQConfig | None = None
+        # What the targeted weights hold: None (full precision), the ModelQConfig last
+        # applied, or the label given to ``set_weights``.
+        self.current: ModelQConfig | str | None = None
 
     def dequantized(self, name: str, qc, quantizer: str = "nf") -> torch.Tensor:
         key = (name, qc.index, quantizer)
@@ -52,31 +58,44 @@ class QuantizedBase:
         return weight
 
     @torch.no_grad()
+    def _write(self, weights: dict[str, torch.Tensor]) -> None:
+        for name, weight in weights.items():
+            linear = self.linears[name]
+            linear.weight.data.copy_(weight.to(linear.weight.dtype))
+
     def apply(self, mqc: ModelQConfig) -> None:
         """Set every targeted weight to its dequantized value under ``mqc``."""
         mqc.check_targets(self.targets)
-        for t in self.targets:
-            linear = self.linears[t.name]
-            deq = self.dequantized(t.name, mqc.modules[t.name], mqc.quantizer)
-            linear.weight.data.copy_(deq.to(linear.weight.dtype))
+        self._write(
+            {
+                t.name: self.dequantized(t.name, mqc.modules[t.name], mqc.quantizer)
+                for t in self.targets
+            }
+        )
         self.current = mqc
 
-    @torch.no_grad()
+    def set_weights(self, weights: dict[str, torch.Tensor], label: str) -> None:
+        """Write another base into targeted matrices (e.g. GPTQ's dequantized weights);
+        ``label`` says what they are (``current``). Unknown or mis-shaped names fail."""
+        for name, weight in weights.items():
+            if name not in self.linears:
+                raise ValueError(f"{label}: module {name!r} is not a quantized target of the model")
+            if tuple(weight.shape) != tuple(self.linears[name].weight.shape):
+                raise ValueError(
+                    f"{label}: weight of {name!r} has shape {tuple(weight.shape)}, the model's "
+                    f"is {tuple(self.linears[name].weight.shape)}"
+                )
+        self._write(weights)
+        self.current = label
+
     def restore(self) -> None:
         """Put the full-precision weights back."""
-        for name, linear in self.linears.items():
-            linear.weight.data.copy_(self.base_weights[name].to(linear.weight.dtype))
+        self._write(self.base_weights)
         self.current = None
 
 
-@torch.no_grad()
 def apply_qconfig(model: nn.Module, mqc: ModelQConfig) -> nn.Module:
-    """One-shot: quantize ``model`` in place under ``mqc`` (no copy of the originals kept)."""
-    targets = quantizable_targets(model)
-    mqc.check_targets(targets)
-    modules = dict(model.named_modules())
-    for t in targets:
-        weight = modules[t.name].weight
-        deq = quantize_dequantize(weight.data.to(torch.float32), mqc.modules[t.name], mqc.quantizer)
-        weight.data.copy_(deq.to(weight.dtype))
+    """One-shot: quantize ``model`` in place under ``mqc`` (through a ``QuantizedBase``, whose
+    full-precision copy is dropped afterwards)."""
+    QuantizedBase(model, cache_bytes=0).apply(mqc)
     return model

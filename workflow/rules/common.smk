@@ -3,6 +3,9 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
+from coalora.methods import method_traits
+from coalora.train import TrainSettings
+
 RESULTS = config.get("results", "results")
 SEEDS = config.get("seeds", [0])
 QUANTIZER = config.get("quantizer", "nf")
@@ -11,16 +14,17 @@ EXPERIMENTS = list(config["experiments"])
 # The `coalora` command of the Python running Snakemake (works without activating the venv).
 COALORA = f"{sys.executable} -m coalora.cli"
 
-# Methods that train one run per configuration; the others train once and serve many.
-PER_CONFIG = {"qlora", "lqlora", "loftq", "gptq-lora"}
-# Methods whose ILP allocates over their own costs, into their own configuration files:
-# LQ-LoRA's are the quantization errors of W - SVD_r(W) (see baselines/lqlora.py).
-OWN_ALLOCATION = {"lqlora"}
+# What each registered method is (coalora.methods: its class's traits, declared there once):
+# which configurations it serves ("any", "shared", "trained", "fixed", "full-precision") and
+# whether its ILP allocates over its own costs (LQ-LoRA).
+METHOD_TRAITS = method_traits()
+# The configuration label of the methods that serve one configuration they choose.
+OWN_CONFIG_LABEL = {"fixed": "fixed", "full-precision": "full-precision"}
 
 wildcard_constraints:
     exp=r"[A-Za-z0-9_.-]+",
     method=r"[a-z0-9-]+",
-    cfg=r"[bu][0-9.]+",
+    cfg=r"[bu][0-9.]+|fixed|full-precision",
     seed=r"[0-9]+",
 
 
@@ -73,8 +77,38 @@ def base_method(exp, label):
     return exp_conf(exp).get("variants", {}).get(label, {}).get("method", label)
 
 
+def _check_methods():
+    for exp in EXPERIMENTS:
+        for label in exp_methods(exp):
+            if base_method(exp, label) not in METHOD_TRAITS:
+                raise WorkflowError(
+                    f"experiment {exp!r}: {label!r} names unknown method "
+                    f"{base_method(exp, label)!r}; registered: {', '.join(METHOD_TRAITS)}"
+                )
+
+
+_check_methods()
+
+
+def serves(exp, label):
+    """Which configurations the label's trained model serves (its method's trait)."""
+    return METHOD_TRAITS[base_method(exp, label)]["serves"]
+
+
 def per_config(exp, label):
-    return base_method(exp, label) in PER_CONFIG
+    """One run per evaluated configuration, trained and evaluated in one job."""
+    return serves(exp, label) == "trained"
+
+
+def own_config(exp, label):
+    """One run per seed, evaluated in its training job under the one configuration the
+    method chooses (QLoRA-bnb's NF4, full fine-tuning's full precision)."""
+    return serves(exp, label) in OWN_CONFIG_LABEL
+
+
+def shared(exp, label):
+    """One run per seed serving every configuration (rule train + rule evaluate_<exp>)."""
+    return not per_config(exp, label) and not own_config(exp, label)
 
 
 def steps_for(exp, label):
@@ -92,10 +126,14 @@ def steps_for(exp, label):
     return steps[method]
 
 
-# Labels of per-configuration methods in any experiment (the `evaluate` rule's wildcard).
-PER_CONFIG_LABELS = sorted(
-    {m for exp in EXPERIMENTS for m in exp_methods(exp) if per_config(exp, m)}
-)
+def labels_where(kind):
+    """Labels of any experiment for which ``kind(exp, label)`` holds (a rule's wildcard)."""
+    return sorted({m for exp in EXPERIMENTS for m in exp_methods(exp) if kind(exp, m)})
+
+
+def label_pattern(kind):
+    labels = labels_where(kind)
+    return "|".join(labels) if labels else "^$"
 
 
 def budget_label(budget):
@@ -120,16 +158,25 @@ def cfg_budget(cfg):
 
 def cfgs_for(exp, method):
     """Configurations a method is evaluated on: per-configuration methods only where they
-    trained; shared methods (and the unadapted base) also on the unseen ones."""
+    trained; methods that choose their configuration on that one; shared methods (and the
+    unadapted base) also on the unseen ones."""
+    if method == "none":
+        return eval_cfgs(exp) + unseen_cfgs(exp)
     if per_config(exp, method):
         return eval_cfgs(exp)
+    if own_config(exp, method):
+        return [OWN_CONFIG_LABEL[serves(exp, method)]]
     return eval_cfgs(exp) + unseen_cfgs(exp)
 
 
+def own_allocation(exp, method):
+    return method != "none" and METHOD_TRAITS[base_method(exp, method)]["own_allocation"]
+
+
 def qconfig_dir(exp, method):
-    """Where a method's configurations are; a variant of LQ-LoRA uses LQ-LoRA's (allocated at
-    the experiment's rank)."""
-    if base_method(exp, method) in OWN_ALLOCATION:
+    """Where a method's configurations are; a method with its own allocation (LQ-LoRA, and
+    its variants) uses its own files (allocated at the experiment's rank)."""
+    if own_allocation(exp, method):
         return f"{RESULTS}/{exp}/qconfigs-{base_method(exp, method)}"
     return f"{RESULTS}/{exp}/qconfigs"
 
@@ -140,8 +187,6 @@ def qconfig_path(exp, method, cfg):
 
 def lora_rank(exp):
     """The experiment's LoRA rank (its `train: {r: ...}`, else the engine's default)."""
-    from coalora.train import TrainSettings
-
     return exp_conf(exp).get("train", {}).get("r", TrainSettings().r)
 
 
@@ -151,12 +196,6 @@ def cost_table_flags(exp):
     if conf.get("fisher"):
         flags.append(f"--fisher-task {conf['task']}")
     return " ".join(flags)
-
-
-def checkpoint_path(exp, method, seed, cfg=None):
-    if per_config(exp, method):
-        return f"{RESULTS}/{exp}/{method}/s{seed}/{cfg}/checkpoint"
-    return f"{RESULTS}/{exp}/{method}/s{seed}/checkpoint"
 
 
 def eval_path(exp, method, seed, cfg):

@@ -1,6 +1,7 @@
 # Evaluation: one result JSON per (experiment, method, seed, configuration). "none" is the
-# quantized base with no adapter (the floor every adapted method must beat). Per-configuration
-# methods are evaluated by their training job (rule train_per_config).
+# quantized base with no adapter (the floor every adapted method must beat). Methods that
+# serve one configuration (per-configuration runs, QLoRA-bnb, full fine-tuning) are evaluated
+# by their training job (rules train_per_config, train_own_config).
 
 
 # Shared methods (one checkpoint serving every configuration) and the unadapted base ("none")
@@ -8,7 +9,7 @@
 # configuration costs only its quantization and adapter. One rule per experiment, since the
 # list of outputs depends on the experiment.
 for _exp in EXPERIMENTS:
-    _shared = [m for m in exp_methods(_exp) if not per_config(_exp, m)]
+    _shared = [m for m in exp_methods(_exp) if shared(_exp, m)]
     _cfgs = all_cfgs(_exp)
 
     rule:

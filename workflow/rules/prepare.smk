@@ -76,7 +76,7 @@ for _exp in EXPERIMENTS:
             "--out-dir {params.out_dir} 2> {log}"
 
     # Methods with their own allocation (LQ-LoRA): the budgets they train and evaluate on.
-    for _method in sorted(OWN_ALLOCATION & {base_method(_exp, m) for m in exp_methods(_exp)}):
+    for _method in sorted({base_method(_exp, m) for m in exp_methods(_exp) if own_allocation(_exp, m)}):
 
         rule:
             name:

@@ -1,6 +1,7 @@
 # Training: one run per shared method, one run per configuration for per-configuration
-# methods, each once per seed (`s<seed>/` in the path). Every method goes through the same
-# engine (coalora.train) and step budget.
+# methods, one run for a method that chooses its own configuration; each once per seed
+# (`s<seed>/` in the path). Every method goes through the same engine (coalora.train) and
+# step budget. Which rule trains a label follows from its method's `serves` trait.
 
 
 def method_budget_flags(exp, label):
@@ -19,6 +20,8 @@ rule train:
         costs=f"{RESULTS}/{{exp}}/cost_table.safetensors",
     output:
         directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/checkpoint"),
+    wildcard_constraints:
+        method=label_pattern(shared),
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train.tsv"
     params:
@@ -53,7 +56,7 @@ rule train_per_config:
         checkpoint=directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/{{cfg}}/checkpoint"),
         evaluation=f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/eval/{{cfg}}.json",
     wildcard_constraints:
-        method="|".join(PER_CONFIG_LABELS) if PER_CONFIG_LABELS else "^$",
+        method=label_pattern(per_config),
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.tsv"
     params:
@@ -74,5 +77,40 @@ rule train_per_config:
     shell:
         "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} --qconfig {input.qconfig} {params.settings} {params.data} "
+        "--out {output.checkpoint} --evaluate-out {output.evaluation} "
+        "--label {wildcards.method} {params.eval} 2> {log}"
+
+
+rule train_own_config:
+    """One run per seed of a method that chooses its one configuration (QLoRA-bnb's NF4, full
+    fine-tuning's full precision), evaluated under it in the same process."""
+    input:
+        prepared=f"{RESULTS}/{{exp}}/prepared.json",
+    output:
+        checkpoint=directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/{{cfg}}/checkpoint"),
+        evaluation=f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/eval/{{cfg}}.json",
+    wildcard_constraints:
+        method=label_pattern(own_config),
+        cfg="|".join(OWN_CONFIG_LABEL.values()),
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.tsv"
+    params:
+        model=lambda w: exp_conf(w.exp)["model"],
+        task=lambda w: exp_conf(w.exp)["task"],
+        method=lambda w: base_method(w.exp, w.method),
+        steps=lambda w: steps_for(w.exp, w.method),
+        settings=lambda w: train_flags(w.exp, w.method, w.seed),
+        data=lambda w: data_flags(w.exp),
+        eval=lambda w: eval_flags(w.exp),
+    threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
+    resources:
+        mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
+        runtime=lambda w: resources_for(w.exp, "train").get("runtime", 120),
+        gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
+    log:
+        f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.log",
+    shell:
+        "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
+        "--steps {params.steps} {params.settings} {params.data} "
         "--out {output.checkpoint} --evaluate-out {output.evaluation} "
         "--label {wildcards.method} {params.eval} 2> {log}"
