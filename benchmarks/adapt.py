@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coalora.budgets import costs_for
+from coalora.budgets import AllocationSpec, costs_for
 from coalora.data import load_task, make_batches
 from coalora.methods import get_method
 from coalora.models import load_model
@@ -62,7 +62,7 @@ def main() -> None:
     qbase = QuantizedBase(loaded.model)
     print(f"{args.model}: {len(qbase.targets)} quantized matrices, {args.threads} thread(s)")
     tick = time.perf_counter()
-    costs = costs_for(loaded, qbase, max_elements=args.max_elements)
+    costs = costs_for(loaded, qbase, AllocationSpec(max_elements=args.max_elements))
     print(f"cost table ready in {time.perf_counter() - tick:.1f} s (cached after the first run)")
     seen = [allocate(qbase.targets, costs, b, model=args.model) for b in (2.5, 3.0, 3.5)]
     coa = get_method("coalora")(loaded, qbase, settings, seen)

@@ -32,6 +32,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import torch  # noqa: E402
 
+from coalora.budgets import AllocationSpec  # noqa: E402
 from coalora.evaluate.run import EvalSettings, evaluate_configs  # noqa: E402
 from coalora.models import tiny_tokenizer_dir  # noqa: E402
 from coalora.runner import run_training  # noqa: E402
@@ -117,7 +118,8 @@ def run_shape(name: str, args, work: Path) -> dict:
         started = time.perf_counter()
         run_training(
             model=str(model_dir), task=task, method=method, settings=settings, out=out,
-            max_train=args.batch_size * args.steps * 2, max_elements=args.max_elements,
+            max_train=args.batch_size * args.steps * 2,
+            allocation=AllocationSpec(max_elements=args.max_elements),
             progress=False, **extra,
         )  # fmt: skip
         manifest = json.loads((out / "manifest.json").read_text())

@@ -10,62 +10,87 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
+from .data import load_task, make_batches
+from .models import MODELS, cache_root, load_model
 from .quant import MAX_BITS, MIN_BITS, ModelQConfig, QuantizedBase
 from .quant.allocate import allocate
 from .quant.cost import cost_table, fisher_diagonal, hash_weights, load_cost_table, save_cost_table
 from .quant.lowrank import lowrank_residuals
+from .quant.targets import QuantTarget
 
 log = logging.getLogger(__name__)
 
+# The Fisher recipe (``task_fisher``): this many batches of 4 x 128 tokens of the task's
+# training split.
 FISHER_BATCHES = 8
+FISHER_BATCH_SIZE = 4
+FISHER_MAX_LENGTH = 128
 
 
-def cost_cache_path(
-    model_name: str,
-    qbase: QuantizedBase,
-    quantizer: str,
-    fisher_task,
-    max_elements,
-    lowrank_rank: int | None = None,
-):
-    from .models import cache_root
+@dataclass(frozen=True)
+class AllocationSpec:
+    """How budgets become configurations: the cost table's recipe (the ILP's objective) and
+    where the table is read from. One object carries these from the CLI to the costs."""
 
-    key = f"{hash_weights(qbase.base_weights, qbase.targets)}|{quantizer}|{fisher_task}|{max_elements}"
-    if lowrank_rank is not None:
-        key += f"|lowrank{lowrank_rank}"
+    # The quantizer whose errors the table holds ("nf" or "int").
+    quantizer: str = "nf"
+    # Weight the errors by the diagonal empirical Fisher on this task (``task_fisher``).
+    fisher_task: str | None = None
+    # Estimate each matrix's costs from this many sampled weights (None: exact).
+    max_elements: int | None = None
+    # LQ-LoRA's costs: the quantization errors of W - SVD_r(W) instead of W.
+    lowrank_rank: int | None = None
+    # Seed of the Fisher batches and of the low-rank sketch.
+    seed: int = 0
+    # A cost-table file: read if it exists (checked against the model), else written there;
+    # None: the cache under $COALORA_CACHE/costs/.
+    cost_table: str | None = None
+
+    @classmethod
+    def from_cli(cls, args) -> AllocationSpec:
+        """From the allocation flags of ``coalora`` (missing ones keep their defaults)."""
+        values = {f.name: getattr(args, f.name, None) for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+# The plain NF costs, exact, from the cache (frozen: safe as a default argument).
+DEFAULT_ALLOCATION = AllocationSpec()
+
+
+def cost_cache_path(model_name: str, qbase: QuantizedBase, spec: AllocationSpec) -> Path:
+    key = (
+        f"{hash_weights(qbase.base_weights, qbase.targets)}|{spec.quantizer}|"
+        f"{spec.fisher_task}|{spec.max_elements}"
+    )
+    if spec.lowrank_rank is not None:
+        key += f"|lowrank{spec.lowrank_rank}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
-    return cache_root() / "costs" / f"{safe}-{quantizer}-{digest}.safetensors"
+    return cache_root() / "costs" / f"{safe}-{spec.quantizer}-{digest}.safetensors"
 
 
 def costs_for(
-    loaded,
-    qbase: QuantizedBase,
-    quantizer: str = "nf",
-    fisher_task: str | None = None,
-    max_elements: int | None = None,
-    seed: int = 0,
-    cache: bool = True,
-    path: str | Path | None = None,
-    lowrank_rank: int | None = None,
+    loaded, qbase: QuantizedBase, spec: AllocationSpec = DEFAULT_ALLOCATION, cache: bool = True
 ) -> torch.Tensor:
-    """The model's [N, 432] cost table, from ``path`` (or the cache) when present.
+    """The model's [N, 432] cost table, from ``spec.cost_table`` (or the cache) when present.
 
-    ``lowrank_rank`` r gives LQ-LoRA's costs: the quantization errors of ``W - SVD_r(W)``
-    (``coalora.quant.lowrank.lowrank_residuals``) instead of ``W``.
-    A given ``path`` that exists is trusted only if it fits the model (checked on load)."""
-    if path is not None and Path(path).exists():
+    ``spec.lowrank_rank`` r gives LQ-LoRA's costs: the quantization errors of
+    ``W - SVD_r(W)`` (``coalora.quant.lowrank.lowrank_residuals``) instead of ``W``.
+    A given table that exists is trusted only if it fits the model (checked on load)."""
+    quantizer, lowrank_rank = spec.quantizer, spec.lowrank_rank
+    if spec.cost_table is not None and Path(spec.cost_table).exists():
         return load_cost_table(
-            path, qbase.targets, quantizer=quantizer, lowrank_rank=lowrank_rank
+            spec.cost_table, qbase.targets, quantizer=quantizer, lowrank_rank=lowrank_rank
         ).costs
     path = (
-        Path(path)
-        if path is not None
-        else cost_cache_path(loaded.name, qbase, quantizer, fisher_task, max_elements, lowrank_rank)
+        Path(spec.cost_table)
+        if spec.cost_table is not None
+        else cost_cache_path(loaded.name, qbase, spec)
     )
     if cache and path.exists():
         try:
@@ -75,12 +100,12 @@ def costs_for(
         except ValueError as err:  # a stale or damaged cache entry is rebuilt, not trusted
             log.warning("rebuilding cost table: %s", err)
     fisher = None
-    if fisher_task is not None:
-        fisher = _fisher(loaded, qbase, fisher_task, seed)
+    if spec.fisher_task is not None:
+        fisher = _fisher(loaded, qbase, spec.fisher_task, spec.seed)
     weights = qbase.base_weights
     if lowrank_rank is not None:
-        weights = lowrank_residuals(weights, qbase.targets, lowrank_rank, seed)
-    costs = cost_table(weights, qbase.targets, quantizer, fisher, max_elements)
+        weights = lowrank_residuals(weights, qbase.targets, lowrank_rank, spec.seed)
+    costs = cost_table(weights, qbase.targets, quantizer, fisher, spec.max_elements)
     if cache:
         save_cost_table(
             path,
@@ -88,35 +113,42 @@ def costs_for(
             qbase.targets,
             quantizer=quantizer,
             fisher_weighted=fisher is not None,
-            max_elements=max_elements,
+            max_elements=spec.max_elements,
             weights_hash=hash_weights(qbase.base_weights, qbase.targets),
             lowrank_rank=lowrank_rank,
         )
     return costs
 
 
-def _fisher(loaded, qbase: QuantizedBase, task_name: str, seed: int) -> dict:
-    from .data import load_task, make_batches
-
+def task_fisher(
+    model: torch.nn.Module, tokenizer, targets: list[QuantTarget], task_name: str, seed: int
+) -> dict[str, torch.Tensor]:
+    """The one Fisher recipe (cost tables and LQ-LoRA's weighted SVD): the diagonal empirical
+    Fisher of ``targets`` on ``FISHER_BATCHES`` batches of the task's training split, on the
+    model's device. The caller puts the full-precision weights in first."""
     task = load_task(task_name, max_train=FISHER_BATCHES * 8)
-    batches = make_batches(task, loaded.tokenizer, "train", 4, 128, seed=seed)
-    qbase.restore()  # the Fisher of the full-precision model
-    return fisher_diagonal(
-        loaded.model, [batches.batch(k) for k in range(FISHER_BATCHES)], qbase.targets
+    batches = make_batches(
+        task, tokenizer, "train", FISHER_BATCH_SIZE, FISHER_MAX_LENGTH, seed=seed
     )
+    device = next(model.parameters()).device
+    calibration = [
+        {k: v.to(device) for k, v in batches.batch(i).items()} for i in range(FISHER_BATCHES)
+    ]
+    return fisher_diagonal(model, calibration, targets)
 
 
-def _load_for_quantization(name: str, fisher_task: str | None, seed: int):
+def _fisher(loaded, qbase: QuantizedBase, task_name: str, seed: int) -> dict:
+    qbase.restore()  # the Fisher of the full-precision model
+    return task_fisher(loaded.model, loaded.tokenizer, qbase.targets, task_name, seed)
+
+
+def load_for_quantization(name: str, fisher_task: str | None, seed: int):
     """Load ``name`` as the kind of model its Fisher task (or its family) needs.
 
     Only the quantized matrices matter here, so an encoder without a task gets a throwaway
     2-label head.
     """
-    from .models import MODELS, load_model
-
     if fisher_task is not None:
-        from .data import load_task
-
         spec = load_task(fisher_task, max_train=1, max_eval=1).spec
         if spec.kind == "classification":
             return load_model(name, kind="classification", num_labels=spec.num_labels, seed=seed)
@@ -139,14 +171,9 @@ def _family_from_config(name: str) -> str:
 def configs_for_budgets(
     model,
     budgets: list[float],
-    quantizer: str = "nf",
-    fisher_task: str | None = None,
-    max_elements: int | None = None,
-    seed: int = 0,
+    spec: AllocationSpec = DEFAULT_ALLOCATION,
     qbase: QuantizedBase | None = None,
-    cost_table_path: str | Path | None = None,
     names: list[str] | None = None,
-    lowrank_rank: int | None = None,
 ) -> list[ModelQConfig]:
     """ILP configurations for ``budgets``. ``model`` is a name or a ``LoadedModel``.
 
@@ -159,23 +186,14 @@ def configs_for_budgets(
                 f"[{MIN_BITS}, {MAX_BITS}]"
             )
     if isinstance(model, str):
-        loaded = _load_for_quantization(model, fisher_task, seed)
+        loaded = load_for_quantization(model, spec.fisher_task, spec.seed)
     else:
         loaded = model
     qbase = qbase or QuantizedBase(loaded.model)
-    costs = costs_for(
-        loaded,
-        qbase,
-        quantizer,
-        fisher_task,
-        max_elements,
-        seed,
-        path=cost_table_path,
-        lowrank_rank=lowrank_rank,
-    )
+    costs = costs_for(loaded, qbase, spec)
     names = names or [f"ilp-{budget_label(b)}" for b in budgets]
     return [
-        allocate(qbase.targets, costs, b, quantizer=quantizer, model=loaded.name, name=name)
+        allocate(qbase.targets, costs, b, quantizer=spec.quantizer, model=loaded.name, name=name)
         for b, name in zip(budgets, names, strict=True)
     ]
 

@@ -56,30 +56,23 @@ def _cmd_prepare(args) -> None:
 
 
 def _cmd_cost_table(args) -> None:
-    from .budgets import _load_for_quantization, costs_for
+    import dataclasses
+
+    from .budgets import AllocationSpec, costs_for, load_for_quantization
     from .quant import QuantizedBase
 
     if not str(args.out).endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors, got {args.out}")
-    loaded = _load_for_quantization(args.model, args.fisher_task, args.seed)
-    qbase = QuantizedBase(loaded.model)
-    costs = costs_for(
-        loaded,
-        qbase,
-        args.quantizer,
-        args.fisher_task,
-        args.max_elements,
-        args.seed,
-        path=args.out,
-        lowrank_rank=args.lowrank_rank,
-    )
+    spec = dataclasses.replace(AllocationSpec.from_cli(args), cost_table=args.out)
+    loaded = load_for_quantization(args.model, spec.fisher_task, spec.seed)
+    costs = costs_for(loaded, QuantizedBase(loaded.model), spec)
     print(f"wrote {args.out}: {tuple(costs.shape)} costs")
 
 
 def _cmd_allocate(args) -> None:
     from pathlib import Path
 
-    from .budgets import budget_label, configs_for_budgets
+    from .budgets import AllocationSpec, budget_label, configs_for_budgets
 
     if args.budget is not None:
         if not args.out or args.out_dir or args.names:
@@ -96,13 +89,8 @@ def _cmd_allocate(args) -> None:
     configs = configs_for_budgets(
         args.model,
         budgets,
-        quantizer=args.quantizer,
-        fisher_task=args.fisher_task,
-        max_elements=args.max_elements,
-        seed=args.seed,
-        cost_table_path=args.cost_table,
+        AllocationSpec.from_cli(args),
         names=names if all(names) else None,
-        lowrank_rank=args.lowrank_rank,
     )
     for mqc, out, budget in zip(configs, outs, budgets, strict=True):
         mqc.save(out)

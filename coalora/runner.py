@@ -8,6 +8,7 @@ checkpoint for adaptation and evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -16,10 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
-from .budgets import configs_for_budgets
-from .io import read_json
+from .budgets import DEFAULT_ALLOCATION, AllocationSpec, configs_for_budgets
+from .data import load_task, make_batches
+from .io import read_json, write_json
 from .methods import get_method
-from .quant import ModelQConfig, QuantizedBase
+from .models import load_model, weights_hash
+from .quant import ModelQConfig, QuantizedBase, quantizable_targets
 from .train import (
     TrainSettings,
     clear_resume,
@@ -78,12 +81,7 @@ def training_configs(
     budget=None,
     qconfig=None,
     budgets=None,
-    quantizer="nf",
-    fisher_task=None,
-    max_elements=None,
-    seed=0,
-    cost_table=None,
-    lowrank_rank=None,
+    allocation: AllocationSpec = DEFAULT_ALLOCATION,
 ) -> list[ModelQConfig]:
     """The method's training set: a given configuration, one budget, or a budget grid."""
     if qconfig is not None:
@@ -102,17 +100,7 @@ def training_configs(
         budgets = list(method_cls.default_budgets)
     if not budgets:
         raise ValueError(f"method {method_cls.name!r} needs budgets for its training set")
-    configs = configs_for_budgets(
-        loaded,
-        budgets,
-        quantizer=quantizer,
-        fisher_task=fisher_task,
-        max_elements=max_elements,
-        seed=seed,
-        qbase=qbase,
-        cost_table_path=cost_table,
-        lowrank_rank=lowrank_rank,
-    )
+    configs = configs_for_budgets(loaded, budgets, allocation, qbase=qbase)
     unique, seen = [], set()
     for mqc in configs:  # neighbouring budgets can give the same ILP solution
         if mqc.key() not in seen:
@@ -131,22 +119,19 @@ def run_training(
     budget=None,
     qconfig=None,
     budgets=None,
-    quantizer="nf",
-    fisher_task=None,
-    max_elements=None,
+    allocation: AllocationSpec = DEFAULT_ALLOCATION,
     max_train=None,
     progress=True,
     stop_after=None,
-    cost_table=None,
 ) -> Path | None:
     """Train ``method`` and write the checkpoint directory ``out`` (atomically).
+
+    ``allocation`` turns budgets into the training configurations; its seed is the
+    training seed and its low-rank rank the method's (``allocation_lowrank_rank``).
 
     ``stop_after`` interrupts after that many steps (resume state kept, no checkpoint
     written; returns None) - used to test resumption.
     """
-    from .data import load_task, make_batches
-    from .models import load_model, weights_hash
-
     method_cls = get_method(method)
     task_data = load_task(task, max_train=max_train)
     kind = model_kind(task_data.spec.kind)
@@ -154,20 +139,15 @@ def run_training(
     base_hash = weights_hash(loaded.model)
     loaded.model.to(resolve_device(settings.device))
     qbase = QuantizedBase(loaded.model)
-    train_configs = training_configs(
-        method_cls,
-        loaded,
-        qbase,
-        budget=budget,
-        qconfig=qconfig,
-        budgets=budgets,
-        quantizer=quantizer,
-        fisher_task=fisher_task,
-        max_elements=max_elements,
+    allocation = dataclasses.replace(
+        allocation,
         seed=settings.seed,
-        cost_table=cost_table,
         lowrank_rank=method_cls.allocation_lowrank_rank(settings),
     )
+    train_configs = training_configs(
+        method_cls, loaded, qbase, budget=budget, qconfig=qconfig, budgets=budgets,
+        allocation=allocation,
+    )  # fmt: skip
     runner = method_cls(loaded, qbase, settings, train_configs)
     batches = make_batches(
         task_data,
@@ -198,7 +178,7 @@ def run_training(
         "task": task,
         "kind": kind,
         "num_labels": task_data.spec.num_labels,
-        "quantizer": quantizer,
+        "quantizer": allocation.quantizer,
         "settings": asdict(settings),
         "base_weights_hash": base_hash,
         "steps": result.steps,
@@ -222,8 +202,6 @@ def run_training(
 
 def load_trained(checkpoint: str | Path):
     """Rebuild a trained method (model + adapters) from its checkpoint directory."""
-    from .models import load_model, weights_hash
-
     manifest, weights = load_checkpoint(checkpoint)
     settings = TrainSettings.from_dict(manifest["settings"])
     loaded = load_model(
@@ -264,11 +242,8 @@ def train_from_cli(args) -> None:
         budget=args.budget,
         qconfig=args.qconfig,
         budgets=budgets,
-        quantizer=args.quantizer,
-        fisher_task=args.fisher_task,
-        max_elements=args.max_elements,
+        allocation=AllocationSpec.from_cli(args),
         max_train=args.max_train,
-        cost_table=args.cost_table,
     )
     manifest = read_json(Path(out) / "manifest.json")
     print(
@@ -283,15 +258,10 @@ def adapt_from_cli(args) -> None:
     if args.qconfig:
         mqc = ModelQConfig.load(args.qconfig, method.targets)
     else:
-        [mqc] = configs_for_budgets(
-            method.loaded,
-            [args.budget],
-            quantizer=manifest.get("quantizer", "nf"),
-            fisher_task=args.fisher_task,
-            max_elements=args.max_elements,
-            qbase=method.qbase,
-            cost_table_path=args.cost_table,
+        spec = dataclasses.replace(
+            AllocationSpec.from_cli(args), quantizer=manifest.get("quantizer", "nf")
         )
+        [mqc] = configs_for_budgets(method.loaded, [args.budget], spec, qbase=method.qbase)
     method.prepare_eval(mqc)
     method.export(mqc, args.out, manifest["model"])
     print(
@@ -302,11 +272,6 @@ def adapt_from_cli(args) -> None:
 def prepare(model: str, task: str, out: str | Path, seed: int = 0) -> dict:
     """Make the model (e.g. SmolLM2's one-time GGUF conversion) and task data ready, and
     record what they are: the workflow's first rule, so later jobs never race to build them."""
-    from .data import load_task
-    from .io import write_json
-    from .models import load_model, weights_hash
-    from .quant import quantizable_targets
-
     task_data = load_task(task)
     loaded = load_model(
         model, kind=model_kind(task_data.spec.kind), num_labels=task_data.spec.num_labels, seed=seed

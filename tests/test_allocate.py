@@ -525,7 +525,7 @@ def test_ragged_pareto_fronts():
 
 
 def test_lowrank_costs_are_the_quantization_errors_of_the_svd_residual(tmp_path, monkeypatch):
-    from coalora.budgets import configs_for_budgets, costs_for
+    from coalora.budgets import AllocationSpec, configs_for_budgets, costs_for
     from coalora.models import load_model
     from coalora.quant import QuantizedBase
     from coalora.quant.lowrank import lowrank_residuals, svd_factors
@@ -541,21 +541,20 @@ def test_lowrank_costs_are_the_quantization_errors_of_the_svd_residual(tmp_path,
     # The residual has the singular values of W past the r-th: smaller than W's norm.
     assert residuals[t.name].norm() < qbase.base_weights[t.name].norm()
 
-    lowrank = costs_for(loaded, qbase, lowrank_rank=rank, max_elements=4096)
+    lowrank = costs_for(loaded, qbase, AllocationSpec(lowrank_rank=rank, max_elements=4096))
     expected = cost_table(residuals, qbase.targets, max_elements=4096, progress=False)
     assert torch.equal(lowrank, expected)
-    plain = costs_for(loaded, qbase, max_elements=4096)
+    plain = costs_for(loaded, qbase, AllocationSpec(max_elements=4096))
     assert (lowrank < plain).float().mean() > 0.9  # less to quantize, smaller errors
 
     # Written to a file, the table records its rank; reading it for another rank is refused.
     path = tmp_path / "lowrank.safetensors"
-    costs_for(loaded, qbase, lowrank_rank=rank, max_elements=4096, path=path)
+    spec = AllocationSpec(lowrank_rank=rank, max_elements=4096, cost_table=str(path))
+    costs_for(loaded, qbase, spec)
     assert load_cost_table(path, qbase.targets).lowrank_rank == rank
     with pytest.raises(ValueError, match="lowrank_rank=4, expected None"):
-        costs_for(loaded, qbase, max_elements=4096, path=path)
-    [mqc] = configs_for_budgets(
-        loaded, [3.0], qbase=qbase, lowrank_rank=rank, max_elements=4096, cost_table_path=path
-    )
+        costs_for(loaded, qbase, AllocationSpec(max_elements=4096, cost_table=str(path)))
+    [mqc] = configs_for_budgets(loaded, [3.0], spec, qbase=qbase)
     assert mqc.avg_bits <= 3.0
 
 

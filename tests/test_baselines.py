@@ -277,7 +277,7 @@ def test_run_training_writes_the_manifest_and_the_configuration_provenance(tmp_p
 
 def test_lqlora_budget_allocates_over_the_decomposition_costs(tmp_path, monkeypatch):
     """``--budget`` for LQ-LoRA: the ILP over the errors of W - SVD_r(W), r = the LoRA rank."""
-    from coalora.budgets import configs_for_budgets
+    from coalora.budgets import AllocationSpec, configs_for_budgets
 
     monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
     settings = TrainSettings(**{**SETTINGS, "steps": 1})
@@ -287,7 +287,7 @@ def test_lqlora_budget_allocates_over_the_decomposition_costs(tmp_path, monkeypa
     )  # fmt: skip
     [trained] = json.loads((out / "train_configs.json").read_text())
     loaded = load_model("tiny-llama")
-    [own] = configs_for_budgets(loaded, [2.5], lowrank_rank=SETTINGS["r"])
+    [own] = configs_for_budgets(loaded, [2.5], AllocationSpec(lowrank_rank=SETTINGS["r"]))
     [plain] = configs_for_budgets(loaded, [2.5])
     trained = ModelQConfig.from_dict(trained)
     assert trained.key() == own.key() and trained.avg_bits <= 2.5

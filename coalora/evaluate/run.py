@@ -231,11 +231,10 @@ def resolve_configs(
     budgets = [float(x) for x in items if isinstance(x, int | float) and not isinstance(x, bool)]
     by_budget = {}
     if budgets:
-        from ..budgets import configs_for_budgets
+        from ..budgets import AllocationSpec, configs_for_budgets
 
-        allocated = configs_for_budgets(
-            loaded, budgets, quantizer=quantizer, qbase=qbase, **(allocation or {})
-        )
+        spec = AllocationSpec(quantizer=quantizer, **(allocation or {}))
+        allocated = configs_for_budgets(loaded, budgets, spec, qbase=qbase)
         by_budget = dict(zip(budgets, allocated, strict=True))
     out: list[ModelQConfig | None] = []
     for item in items:
