@@ -131,7 +131,7 @@ class GroupEvidence:
 
     def __init__(self, group: report.Group, replicates: int = BOOTSTRAP_REPLICATES):
         self.group = group
-        rows = report._quantized(group.rows).reset_index(drop=True)
+        rows = report.quantized(group.rows).reset_index(drop=True)
         if "per_example" not in rows:
             rows["per_example"] = None
         rows["_row"] = np.arange(len(rows))  # the row of each record in ``values``
@@ -145,7 +145,7 @@ class GroupEvidence:
         return self.rows[self.rows["method"] == label]
 
     def search_rows(self, mode: str) -> pd.DataFrame:
-        rows = report._search_rows(self.group)
+        rows = report.search_rows(self.group)
         labels = set(rows.loc[rows["search_mode"] == mode, "method"])
         return self.rows[self.rows["method"].isin(labels)]
 
@@ -157,11 +157,11 @@ class GroupEvidence:
         if main.empty:
             return []
         trained = main["trained_method"].iloc[0]
-        mine = report._one_factor(rows[rows["trained_method"] == trained], trained, "r")
+        mine = report.one_factor(rows[rows["trained_method"] == trained], trained, "r")
         sides = []
         for r, a_rows in mine.groupby("r", sort=True):
             for other, o in rows[rows["trained_method"] != trained].groupby("trained_method"):
-                peers = report._one_factor(o, other, "r")
+                peers = report.one_factor(o, other, "r")
                 peers = peers[peers["r"] == r]
                 for b_label, b_rows in peers.groupby("method", sort=True):
                     a_label = a_rows["method"].iloc[0]
@@ -417,7 +417,7 @@ def claims_table(
     book = book or load_claims()
     rows = []
     for group in report.experiment_groups(results):
-        if report._quantized(group.rows).empty:
+        if report.quantized(group.rows).empty:
             continue
         evidence = None
         for claim in book.claims:

@@ -34,7 +34,7 @@ def write_figure(fig, png, svg=None) -> None:
     if svg:
         with atomic_path(svg, suffix=".svg") as tmp:
             fig.savefig(tmp, format="svg")
-    report._pyplot().close(fig)
+    report.pyplot().close(fig)
 
 
 def report_from_cli(args) -> None:
