@@ -107,7 +107,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from coalora.evaluate import EvalSettings, evaluate_configs
+    from coalora.evaluate import EvalSettings, Trained, evaluate_configs
     from coalora.models import load_model
     from coalora.quant import quantizable_targets
 
@@ -122,7 +122,7 @@ def main() -> int:
 
     settings = EvalSettings(limit=args.limit, batch_size=8)
     outs = [work / "results" / p.name for p in qconfigs]
-    records = evaluate_configs(checkpoint, qconfigs, None, outs, settings)
+    records = evaluate_configs(Trained(checkpoint), qconfigs, None, outs, settings)
 
     first = records[0]["protocol"]
     ppl, lm_eval = first["perplexity"], first["lm_eval"]

@@ -33,7 +33,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import torch  # noqa: E402
 
 from coalora.budgets import AllocationSpec  # noqa: E402
-from coalora.evaluate.run import EvalSettings, evaluate_configs  # noqa: E402
+from coalora.evaluate.run import EvalSettings, Trained, evaluate_configs  # noqa: E402
 from coalora.models import tiny_tokenizer_dir  # noqa: E402
 from coalora.runner import run_training  # noqa: E402
 from coalora.train import TrainSettings  # noqa: E402
@@ -128,8 +128,8 @@ def run_shape(name: str, args, work: Path) -> dict:
         if method == "coalora":
             started = time.perf_counter()
             evaluate_configs(
-                out, [2.5, 3.5], settings=EvalSettings(limit=args.eval_limit),
-                allocation={"max_elements": args.max_elements},
+                Trained(out), [2.5, 3.5], settings=EvalSettings(limit=args.eval_limit),
+                allocation=AllocationSpec(max_elements=args.max_elements),
             )  # fmt: skip
             row["eval s/config"] = round((time.perf_counter() - started) / 2, 1)
     row["params M"] = round(sum(math.prod(s.get_shape()) for s in _params(model_dir)) / 1e6, 1)

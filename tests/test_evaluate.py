@@ -15,9 +15,10 @@ import torch
 
 from coalora import models
 from coalora.evaluate import (
+    BareBase,
     EvalSettings,
+    Trained,
     classification_metrics,
-    evaluate_base,
     evaluate_configs,
     evaluate_from_cli,
     perplexity,
@@ -157,8 +158,8 @@ def test_tiny_bert_metrics_equal_predicting_one_example_at_a_time(tmp_path):
     from coalora.data import load_task
 
     settings = EvalSettings(limit=20, batch_size=6, max_length=32)
-    [record] = evaluate_base(
-        "tiny-bert", "bible-testament", [None], [tmp_path / "fp.json"], settings
+    [record] = evaluate_configs(
+        BareBase("tiny-bert"), [None], "bible-testament", [tmp_path / "fp.json"], settings
     )
     assert record == read_result(tmp_path / "fp.json")
     assert record["method"] == "none" and record["config_name"] == "full-precision"
@@ -201,7 +202,9 @@ def test_embedded_multiple_choice_data_is_deterministic_and_well_formed():
 
 def test_lm_eval_scores_the_in_memory_model_like_a_hand_computation(tmp_path):
     settings = EvalSettings(limit=4, window=64, batch_size=3)
-    [record] = evaluate_base("tiny-llama", "bible-lm", [None], [tmp_path / "r.json"], settings)
+    [record] = evaluate_configs(
+        BareBase("tiny-llama"), [None], "bible-lm", [tmp_path / "r.json"], settings
+    )
     metrics = record["metrics"]
     for name in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
         assert metrics[f"lm_eval/bible_ppl/{name}"] > 0
@@ -247,8 +250,8 @@ def test_embedded_evaluation_never_touches_the_network(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    records = evaluate_base(
-        "tiny-llama", "bible-lm", [None], None, EvalSettings(limit=2, window=32)
+    records = evaluate_configs(
+        BareBase("tiny-llama"), [None], "bible-lm", None, EvalSettings(limit=2, window=32)
     )
     assert records[0]["metrics"]["lm_eval/bible_mc/acc"] >= 0
 
@@ -305,7 +308,7 @@ def test_many_configurations_share_one_loaded_model(
     # Budget 3.0 twice: switching to other configurations and back must give the same numbers.
     items = [3.0, 4.0, tmp_path / "u2.json", 3.0]
     outs = [tmp_path / f"{i}.json" for i in range(4)]
-    records = evaluate_configs(checkpoint, items, None, outs, EvalSettings(**FAST))
+    records = evaluate_configs(Trained(checkpoint), items, None, outs, EvalSettings(**FAST))
     assert len(calls) == 1  # load_trained once, then only in-memory switching
 
     names = [r["config_name"] for r in records]
@@ -331,6 +334,22 @@ def test_many_configurations_share_one_loaded_model(
     assert len(frame) == 4 and list(frame["config_name"]) == names
     assert "metrics.perplexity" in frame and "metrics.lm_eval/bible_mc/acc" in frame
     assert list(frame["primary_value"]) == [r["metrics"]["perplexity"] for r in records]
+
+
+def test_the_driver_refuses_what_its_source_cannot_give(checkpoint, tmp_path):
+    with pytest.raises(TypeError, match="Trained"):
+        evaluate_configs(checkpoint, [3.0])  # a path, not a source
+    with pytest.raises(ValueError, match="2 output paths for 1 configurations"):
+        evaluate_configs(Trained(checkpoint), [3.0], out_paths=["a.json", "b.json"])
+    with pytest.raises(ValueError, match="quantized configurations only"):
+        evaluate_configs(
+            Trained(checkpoint), [3.0, None], out_paths=[tmp_path / "a", tmp_path / "b"]
+        )
+    with pytest.raises(ValueError, match="same output file"):
+        evaluate_configs(BareBase("tiny-llama"), [None, 3.0], "bible-lm", [tmp_path / "a.json"] * 2)
+    with pytest.raises(ValueError, match="no task of its own"):
+        evaluate_configs(BareBase("tiny-llama"), [None])
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_cli_function_writes_one_file_per_configuration(
@@ -391,9 +410,8 @@ def test_cli_function_writes_one_file_per_configuration(
 @pytest.fixture(scope="module")
 def valid_record(tmp_path_factory):
     path = tmp_path_factory.mktemp("valid") / "r.json"
-    evaluate_base(
-        "tiny-llama", "bible-lm", [None], [path], EvalSettings(limit=1, window=32, lm_eval_tasks=[])
-    )
+    settings = EvalSettings(limit=1, window=32, lm_eval_tasks=[])
+    evaluate_configs(BareBase("tiny-llama"), [None], "bible-lm", [path], settings)
     return read_result(path)
 
 

@@ -1,12 +1,25 @@
-"""Evaluating configurations: many per process, one results file each.
+"""Evaluating configurations: one model loaded once, many configurations, one results file each.
 
-``evaluate_configs`` rebuilds a trained method from its checkpoint ONCE and then, per
-configuration, switches the in-memory model to it (``method.prepare_eval``: quantized base
-weights from the ``QuantizedBase`` cache, adapter for that configuration) and measures it.
-``evaluate_base`` does the same for the base model without any adapter (method ``"none"``),
-including the unquantized full-precision reference (a ``None`` configuration).
+One driver, ``evaluate_configs(source, configs, ...)``, serves every kind of row. A
+``ModelSource`` is where "the model under configuration C" comes from, and what it says
+about itself in the records:
 
-What is measured depends on the task's kind:
+- ``Trained(checkpoint)``: a trained method rebuilt from its checkpoint; each configuration
+  is activated in memory with ``method.prepare_eval`` (quantized base weights from the
+  ``QuantizedBase`` cache, the adapter for that configuration). Records carry the checkpoint
+  hash, training steps and time, and the protocol the ``trained_method`` and
+  ``train_settings``.
+- ``BareBase(model)``: the base model without any adapter (method ``"none"``); each
+  configuration quantizes its weights in place, and a ``None`` configuration is the
+  unquantized full-precision reference.
+
+The driver loads the source and the task once, resolves the configurations (budgets,
+qconfig files, ``ModelQConfig`` objects), then per configuration asks the source for the
+model (timed as set-up), measures it (timed as evaluation), builds the record with
+``make_record`` and writes it atomically as soon as it is measured. The one-time loading is
+recorded as ``protocol.load_seconds``.
+
+What is measured depends on the task's kind (``TaskMeasure``):
 
 - classification (encoders, sequence classifiers): accuracy and F1 on the test split
   (``classification.py``); the primary metric is the task's own (``spec.metric``);
@@ -14,24 +27,30 @@ What is measured depends on the task's kind:
   (``perplexity.py``, primary) plus lm-eval-harness tasks, by default the embedded
   ``bible_ppl`` and ``bible_mc`` (``lm_eval_tasks.py``).
 
-Set-up (switching configuration) and evaluation are timed separately per configuration;
-loading the model once is recorded as ``protocol.load_seconds``.
+The command-line entry points (``coalora evaluate``, ``coalora train --evaluate-out``) only
+turn flags into a source, configurations and output paths for the driver.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
+from ..budgets import DEFAULT_ALLOCATION, AllocationSpec, configs_for_budgets
 from ..data import TASKS, TaskData, lm_token_ids, load_task
 from ..methods import Serves, get_method
-from ..quant import ModelQConfig
+from ..models import LoadedModel, load_model, weights_hash
+from ..quant import ModelQConfig, QuantizedBase
+from ..runner import load_trained, model_kind, package_versions
 from ..train import resolve_device
 from .classification import evaluate_classifier
 from .lm_eval_tasks import EMBEDDED_TASKS, LMEvalSuite
@@ -46,7 +65,7 @@ from .results import (
     write_result,
 )
 
-# Classification truncation when neither the settings nor a checkpoint give one.
+# Classification truncation when neither the settings nor the source give one.
 DEFAULT_MAX_LENGTH = 128
 
 
@@ -73,6 +92,256 @@ class EvalSettings:
         if self.lm_eval_tasks is not None:
             self.lm_eval_tasks = tuple(self.lm_eval_tasks)
         self.lm_eval_include = tuple(str(p) for p in self.lm_eval_include)
+
+
+# ============================================================================ sources
+
+
+class ModelSource(ABC):
+    """Where "the model under configuration C" comes from, and its provenance in records.
+
+    ``load`` runs once, first: it loads the model and the task and sets ``loaded`` and
+    ``qbase``; then ``prepare`` is called once per configuration."""
+
+    loaded: LoadedModel
+    qbase: QuantizedBase
+    quantizer: str = "nf"  # of the configurations given as budgets
+    max_length: int | None = None  # classification truncation when the settings give none
+    protocol: dict  # extra entries of every record's protocol
+
+    @abstractmethod
+    def load(self, task: str | None, settings: EvalSettings) -> TaskData:
+        """Load the model once; return the task (``None``: the source's own, if it has one)."""
+
+    def check(self, mqcs: Sequence[ModelQConfig | None]) -> None:
+        """Refuse, before anything is measured, configurations this source cannot give (by
+        default it gives every one)."""
+        return None
+
+    @abstractmethod
+    def prepare(self, mqc: ModelQConfig | None) -> torch.nn.Module:
+        """The model under ``mqc`` (``None``: full precision), in eval mode."""
+
+    def own_configuration(self) -> ModelQConfig:
+        """The configuration the source chose for itself (the ``TRAINED`` item)."""
+        raise ValueError(f"{type(self).__name__} has no training configuration of its own")
+
+    @abstractmethod
+    def provenance(self, mqc: ModelQConfig | None) -> dict:
+        """``make_record``'s fields that come from the source: model, method, seen,
+        base_hash, checkpoint_hash, seed, train_seconds, train_steps."""
+
+
+class Trained(ModelSource):
+    """A trained method, rebuilt once from its checkpoint directory (``coalora train --out``,
+    via ``coalora.runner.load_trained``); each configuration is activated in memory with
+    ``method.prepare_eval``. Budgets use the checkpoint's quantizer; the task defaults to the
+    checkpoint's own; quantized configurations only.
+
+    ``label`` is the records' ``method`` (default: the checkpoint's method): a workflow's
+    name for an ablation variant such as ``coalora-r32``. The protocol always carries the
+    checkpoint's ``trained_method`` and ``train_settings``."""
+
+    def __init__(self, checkpoint: str | os.PathLike, label: str | None = None):
+        self.checkpoint = checkpoint
+        self.label = label
+
+    def load(self, task: str | None, settings: EvalSettings) -> TaskData:
+        self.method, manifest = load_trained(self.checkpoint)
+        task_data = _load_eval_task(task or manifest["task"], settings)
+        spec = task_data.spec
+        if spec.kind == "classification" and spec.num_labels != manifest.get("num_labels"):
+            raise ValueError(
+                f"task {spec.name!r} has {spec.num_labels} labels, the checkpoint's "
+                f"classifier {manifest.get('num_labels')}"
+            )
+        self.manifest = manifest
+        self.loaded, self.qbase = self.method.loaded, self.method.qbase
+        self.quantizer = manifest.get("quantizer", "nf")
+        train_settings = manifest["settings"]
+        self.max_length = train_settings.get("max_length")
+        self.protocol = {
+            "trained_method": manifest["method"],
+            "train_settings": train_settings,
+            # Which configurations the method serves (its class's trait), read by the report.
+            "serves": str(self.method.serves),
+        }
+        self.checkpoint_hash = directory_hash(self.checkpoint)
+        self.trained_keys = {m.key() for m in self.method.train_configs}
+        return task_data
+
+    def check(self, mqcs):
+        if any(m is None for m in mqcs) and self.method.serves != Serves.FULL_PRECISION:
+            raise ValueError("a trained method is evaluated under quantized configurations only")
+
+    def own_configuration(self) -> ModelQConfig:
+        if self.method.serves != Serves.FIXED_CONFIGURATION:
+            return super().own_configuration()
+        return self.method.train_configs[0]
+
+    def prepare(self, mqc):
+        return self.method.prepare_eval(mqc)
+
+    def provenance(self, mqc):
+        m = self.manifest
+        return {
+            "model": m["model"],
+            "method": self.label or m["method"],
+            "seen": None if mqc is None else mqc.key() in self.trained_keys,
+            "base_hash": m["base_weights_hash"],
+            "checkpoint_hash": self.checkpoint_hash,
+            "seed": m["settings"].get("seed", 0),
+            "train_seconds": m.get("train_seconds"),
+            "train_steps": m.get("steps"),
+        }
+
+
+class BareBase(ModelSource):
+    """The base model without any adapter (method ``"none"``): reference rows. Each
+    configuration quantizes the weights in place (``QuantizedBase.apply``); ``None`` is the
+    unquantized full-precision model (config ``"full-precision"``, quantizer ``"none"``).
+    Budgets use ``quantizer``; a task must be given; a classifier's head is the untrained
+    one drawn from ``seed``."""
+
+    def __init__(self, model: str, seed: int = 0, quantizer: str = "nf"):
+        self.model = model
+        self.seed = seed
+        self.quantizer = quantizer
+        self.protocol = {}
+
+    def load(self, task: str | None, settings: EvalSettings) -> TaskData:
+        if task is None:
+            raise ValueError("the bare base model has no task of its own: give one")
+        task_data = _load_eval_task(task, settings)
+        spec = task_data.spec
+        self.loaded = load_model(
+            self.model, kind=model_kind(spec.kind), num_labels=spec.num_labels, seed=self.seed
+        )
+        self.base_hash = weights_hash(self.loaded.model)
+        self.loaded.model.to(resolve_device("auto"))
+        self.qbase = QuantizedBase(self.loaded.model)
+        return task_data
+
+    def prepare(self, mqc):
+        if mqc is None:
+            self.qbase.restore()
+        else:
+            self.qbase.apply(mqc)
+        return self.loaded.model.eval()
+
+    def provenance(self, mqc):
+        return {
+            "model": self.model,
+            "method": "none",
+            "seen": None,
+            "base_hash": self.base_hash,
+            "checkpoint_hash": None,
+            "seed": self.seed,
+            "train_seconds": None,
+            "train_steps": None,
+        }
+
+
+# ============================================================================ the driver
+
+
+def evaluate_configs(
+    source: ModelSource,
+    configs: Sequence,
+    task: str | None = None,
+    out_paths: Sequence[str | os.PathLike] | None = None,
+    settings: EvalSettings | None = None,
+    allocation: AllocationSpec = DEFAULT_ALLOCATION,
+) -> list[dict]:
+    """Evaluate ``source``'s model under many configurations in one process.
+
+    ``configs`` items are ``ModelQConfig`` objects, budgets (floats: the ILP configuration,
+    under ``allocation`` with the source's quantizer), qconfig JSON paths, ``TRAINED`` (the
+    configuration a method fixed for itself) or ``None`` (full precision: ``BareBase``, or a
+    method that serves full precision);
+    see ``resolve_configs``. ``task`` defaults to the source's own (a checkpoint's task).
+    Each result is written to its ``out_paths`` entry (atomically) as soon as it is
+    measured; all are returned."""
+    if not isinstance(source, ModelSource):
+        raise TypeError(
+            f"evaluate_configs takes a ModelSource (Trained(checkpoint), BareBase(model)), "
+            f"got {source!r}"
+        )
+    settings = settings or EvalSettings()
+    paths = _check_out_paths(out_paths, len(configs))
+    started = time.perf_counter()
+    task_data = source.load(task, settings)
+    allocation = dataclasses.replace(allocation, quantizer=source.quantizer)
+    mqcs = resolve_configs(configs, source.loaded, source.qbase, allocation)
+    mqcs = [source.own_configuration() if m is TRAINED else m for m in mqcs]
+    source.check(mqcs)
+    max_length = settings.max_length or source.max_length or DEFAULT_MAX_LENGTH
+    measure = TaskMeasure(source.loaded, task_data, settings, max_length)
+    load_seconds = time.perf_counter() - started
+
+    records = []
+    for mqc, path in zip(mqcs, paths, strict=True):
+        clock = time.perf_counter()
+        model = source.prepare(mqc)
+        setup = time.perf_counter() - clock
+        clock = time.perf_counter()
+        metrics, protocol, per_example = measure.measure(model)
+        evaluation = time.perf_counter() - clock
+        protocol.update(_common_protocol(task_data, source.loaded, load_seconds, len(mqcs)))
+        protocol["eval_settings"] = asdict(settings)
+        protocol.update(source.protocol)
+        record = make_record(
+            task=task_data.spec.name,
+            mqc=mqc,
+            metrics=metrics,
+            per_example=per_example,
+            primary=measure.primary_metric,
+            protocol=protocol,
+            setup_seconds=setup,
+            eval_seconds=evaluation,
+            **source.provenance(mqc),
+        )
+        if path is not None:
+            write_result(path, record)
+        records.append(record)
+    return records
+
+
+def _check_out_paths(out_paths, n: int) -> list[Path | None]:
+    if out_paths is None:
+        return [None] * n
+    paths = [Path(p) for p in out_paths]
+    if len(paths) != n:
+        raise ValueError(f"{len(paths)} output paths for {n} configurations")
+    if len(set(paths)) != len(paths):
+        raise ValueError("two configurations would write the same output file")
+    return paths
+
+
+def _load_eval_task(name: str, settings: EvalSettings) -> TaskData:
+    # For classification the limit is a stratified sample of the test split; for language
+    # modelling it caps windows and lm-eval documents instead (the token stream stays whole).
+    spec = TASKS.get(name)
+    task = None if spec else load_task(name)  # local:<dir>: its kind is known once loaded
+    kind = spec.kind if spec else task.spec.kind
+    if kind == "classification" and settings.limit is not None:
+        return load_task(name, max_eval=settings.limit)
+    return task or load_task(name)
+
+
+def _common_protocol(task: TaskData, loaded, load_seconds: float, n_configs: int) -> dict:
+    param = next(loaded.model.parameters())
+    return {
+        "task_source": task.spec.source,
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "device": str(param.device),
+        "threads": torch.get_num_threads(),
+        "load_seconds": load_seconds,
+        "configs_in_process": n_configs,
+    }
+
+
+# ============================================================================ measuring
 
 
 class TaskMeasure:
@@ -149,10 +418,6 @@ def config_label(mqc: ModelQConfig | None) -> str:
 
 
 def _packages() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from ..runner import package_versions
-
     packages = package_versions()
     try:
         packages["datasets"] = version("datasets")  # lm-eval reads its task data through it
@@ -223,7 +488,7 @@ TRAINED = "the method's own training configuration"
 
 
 def resolve_configs(
-    items: Sequence, loaded, qbase, quantizer: str = "nf", allocation: dict | None = None
+    items: Sequence, loaded, qbase, allocation: AllocationSpec = DEFAULT_ALLOCATION
 ) -> list[ModelQConfig | None]:
     """Configurations from mixed items: a ``ModelQConfig``; a float (a budget: the ILP
     configuration on this model); a path (a qconfig JSON, named by its file stem unless it
@@ -231,10 +496,7 @@ def resolve_configs(
     budgets = [float(x) for x in items if isinstance(x, int | float) and not isinstance(x, bool)]
     by_budget = {}
     if budgets:
-        from ..budgets import AllocationSpec, configs_for_budgets
-
-        spec = AllocationSpec(quantizer=quantizer, **(allocation or {}))
-        allocated = configs_for_budgets(loaded, budgets, spec, qbase=qbase)
+        allocated = configs_for_budgets(loaded, budgets, allocation, qbase=qbase)
         by_budget = dict(zip(budgets, allocated, strict=True))
     out: list[ModelQConfig | None] = []
     for item in items:
@@ -251,196 +513,6 @@ def resolve_configs(
             mqc.check_targets(qbase.targets, f"configuration {config_label(mqc)!r}")
         out.append(mqc)
     return out
-
-
-def _check_out_paths(out_paths, n: int) -> list[Path | None]:
-    if out_paths is None:
-        return [None] * n
-    paths = [Path(p) for p in out_paths]
-    if len(paths) != n:
-        raise ValueError(f"{len(paths)} output paths for {n} configurations")
-    if len(set(paths)) != len(paths):
-        raise ValueError("two configurations would write the same output file")
-    return paths
-
-
-def _load_eval_task(name: str, settings: EvalSettings) -> TaskData:
-    # For classification the limit is a stratified sample of the test split; for language
-    # modelling it caps windows and lm-eval documents instead (the token stream stays whole).
-    spec = TASKS.get(name)
-    task = None if spec else load_task(name)  # local:<dir>: its kind is known once loaded
-    kind = spec.kind if spec else task.spec.kind
-    if kind == "classification" and settings.limit is not None:
-        return load_task(name, max_eval=settings.limit)
-    return task or load_task(name)
-
-
-def _common_protocol(task: TaskData, loaded, load_seconds: float, n_configs: int) -> dict:
-    param = next(loaded.model.parameters())
-    return {
-        "task_source": task.spec.source,
-        "dtype": str(param.dtype).removeprefix("torch."),
-        "device": str(param.device),
-        "threads": torch.get_num_threads(),
-        "load_seconds": load_seconds,
-        "configs_in_process": n_configs,
-    }
-
-
-def evaluate_configs(
-    checkpoint: str | os.PathLike,
-    configs: Sequence,
-    task: str | None = None,
-    out_paths: Sequence[str | os.PathLike] | None = None,
-    settings: EvalSettings | None = None,
-    allocation: dict | None = None,
-    label: str | None = None,
-) -> list[dict]:
-    """Evaluate a trained method under many configurations in one process.
-
-    The checkpoint is loaded once (``coalora.runner.load_trained``); each configuration is
-    then activated in memory with ``method.prepare_eval``. ``configs`` items are
-    ``ModelQConfig`` objects, budgets (floats: the ILP configuration, with the checkpoint's
-    quantizer and ``allocation`` options ``fisher_task`` / ``max_elements``) or qconfig JSON
-    paths. ``task`` defaults to the checkpoint's own. Each result is written to its
-    ``out_paths`` entry (atomically) as soon as it is measured; all are returned.
-
-    ``label`` is the record's ``method`` (default: the checkpoint's method): a workflow's
-    name for an ablation variant such as ``coalora-r32``. The protocol always carries the
-    checkpoint's ``trained_method`` and ``train_settings``.
-    """
-    from ..runner import load_trained
-
-    settings = settings or EvalSettings()
-    paths = _check_out_paths(out_paths, len(configs))
-    started = time.perf_counter()
-    method, manifest = load_trained(checkpoint)
-    task_data = _load_eval_task(task or manifest["task"], settings)
-    if task_data.spec.kind == "classification" and task_data.spec.num_labels != manifest.get(
-        "num_labels"
-    ):
-        raise ValueError(
-            f"task {task_data.spec.name!r} has {task_data.spec.num_labels} labels, the checkpoint's "
-            f"classifier {manifest.get('num_labels')}"
-        )
-    mqcs = resolve_configs(
-        configs, method.loaded, method.qbase, manifest.get("quantizer", "nf"), allocation
-    )
-    mqcs = [method.train_configs[0] if m is TRAINED else m for m in mqcs]
-    if any(m is None for m in mqcs) and method.serves != Serves.FULL_PRECISION:
-        raise ValueError("a trained method is evaluated under quantized configurations only")
-    train_settings = manifest["settings"]
-    max_length = settings.max_length or train_settings.get("max_length") or DEFAULT_MAX_LENGTH
-    measure = TaskMeasure(method.loaded, task_data, settings, max_length)
-    ckpt_hash = directory_hash(checkpoint)
-    load_seconds = time.perf_counter() - started
-    trained_keys = {m.key() for m in method.train_configs}
-
-    records = []
-    for mqc, path in zip(mqcs, paths, strict=True):
-        clock = time.perf_counter()
-        model = method.prepare_eval(mqc)
-        setup = time.perf_counter() - clock
-        clock = time.perf_counter()
-        metrics, protocol, per_example = measure.measure(model)
-        evaluation = time.perf_counter() - clock
-        protocol.update(_common_protocol(task_data, method.loaded, load_seconds, len(mqcs)))
-        protocol["eval_settings"] = asdict(settings)
-        protocol["trained_method"] = manifest["method"]
-        protocol["serves"] = str(method.serves)
-        protocol["train_settings"] = train_settings
-        record = make_record(
-            model=manifest["model"],
-            task=task_data.spec.name,
-            method=label or manifest["method"],
-            mqc=mqc,
-            seen=None if mqc is None else mqc.key() in trained_keys,
-            metrics=metrics,
-            per_example=per_example,
-            primary=measure.primary_metric,
-            protocol=protocol,
-            base_hash=manifest["base_weights_hash"],
-            checkpoint_hash=ckpt_hash,
-            seed=train_settings.get("seed", 0),
-            train_seconds=manifest.get("train_seconds"),
-            train_steps=manifest.get("steps"),
-            setup_seconds=setup,
-            eval_seconds=evaluation,
-        )
-        if path is not None:
-            write_result(path, record)
-        records.append(record)
-    return records
-
-
-def evaluate_base(
-    model: str,
-    task: str,
-    configs: Sequence,
-    out_paths: Sequence[str | os.PathLike] | None = None,
-    settings: EvalSettings | None = None,
-    seed: int = 0,
-    quantizer: str = "nf",
-    allocation: dict | None = None,
-) -> list[dict]:
-    """Reference rows: the base model without any adapter (method ``"none"``), loaded once,
-    under each configuration; a ``None`` item is the unquantized full-precision model
-    (config ``"full-precision"``, quantizer ``"none"``). Items as in ``evaluate_configs``;
-    budgets use ``quantizer``. A classifier's head is the untrained one drawn from ``seed``."""
-    from ..models import load_model, weights_hash
-    from ..quant import QuantizedBase
-    from ..runner import model_kind
-
-    settings = settings or EvalSettings()
-    paths = _check_out_paths(out_paths, len(configs))
-    started = time.perf_counter()
-    task_data = _load_eval_task(task, settings)
-    loaded = load_model(
-        model, kind=model_kind(task_data.spec.kind), num_labels=task_data.spec.num_labels, seed=seed
-    )
-    base_hash = weights_hash(loaded.model)
-    loaded.model.to(resolve_device("auto"))
-    qbase = QuantizedBase(loaded.model)
-    mqcs = resolve_configs(configs, loaded, qbase, quantizer, allocation)
-    measure = TaskMeasure(loaded, task_data, settings, settings.max_length or DEFAULT_MAX_LENGTH)
-    load_seconds = time.perf_counter() - started
-
-    records = []
-    for mqc, path in zip(mqcs, paths, strict=True):
-        clock = time.perf_counter()
-        if mqc is None:
-            qbase.restore()
-        else:
-            qbase.apply(mqc)
-        loaded.model.eval()
-        setup = time.perf_counter() - clock
-        clock = time.perf_counter()
-        metrics, protocol, per_example = measure.measure(loaded.model)
-        evaluation = time.perf_counter() - clock
-        protocol.update(_common_protocol(task_data, loaded, load_seconds, len(mqcs)))
-        protocol["eval_settings"] = asdict(settings)
-        record = make_record(
-            model=model,
-            task=task_data.spec.name,
-            method="none",
-            mqc=mqc,
-            seen=None,
-            metrics=metrics,
-            per_example=per_example,
-            primary=measure.primary_metric,
-            protocol=protocol,
-            base_hash=base_hash,
-            checkpoint_hash=None,
-            seed=seed,
-            train_seconds=None,
-            train_steps=None,
-            setup_seconds=setup,
-            eval_seconds=evaluation,
-        )
-        if path is not None:
-            write_result(path, record)
-        records.append(record)
-    return records
 
 
 # ============================================================================ command line
@@ -499,7 +571,7 @@ def evaluate_from_cli(args) -> None:
         if forms["--full-precision"]:
             items = [None]
     settings = eval_settings_from_cli(args)
-    allocation = {"fisher_task": opt("fisher_task"), "max_elements": opt("max_elements")}
+    allocation = AllocationSpec(fisher_task=opt("fisher_task"), max_elements=opt("max_elements"))
     if forms["--qconfigs"]:
         # Files are named by the qconfig file's stem (what a workflow expects); the record's
         # config_name is the configuration's own name, else that stem.
@@ -512,28 +584,12 @@ def evaluate_from_cli(args) -> None:
     else:
         out_paths = [Path(opt("out"))]
     if checkpoint is not None:
-        records = evaluate_configs(
-            checkpoint,
-            items,
-            opt("task"),
-            out_paths,
-            settings,
-            allocation=allocation,
-            label=opt("label"),
-        )
+        source = Trained(checkpoint, label=opt("label"))
     else:
         if opt("task") is None:
             raise ValueError("--model needs --task")
-        records = evaluate_base(
-            model,
-            opt("task"),
-            items,
-            out_paths,
-            settings,
-            seed=opt("seed") or 0,
-            quantizer=opt("quantizer") or "nf",
-            allocation=allocation,
-        )
+        source = BareBase(model, seed=opt("seed") or 0, quantizer=opt("quantizer") or "nf")
+    records = evaluate_configs(source, items, opt("task"), out_paths, settings, allocation)
     for path, record in zip(out_paths, records, strict=True):
         print(summary_line(path, record))
 
@@ -569,11 +625,12 @@ def evaluate_trained_from_cli(args) -> None:
             "--evaluate-out evaluates a run under its one configuration: give --qconfig or "
             f"--budget (method {args.method!r} serves {own} configurations)"
         )
-    allocation = {"fisher_task": args.fisher_task, "max_elements": args.max_elements}
+    allocation = AllocationSpec(fisher_task=args.fisher_task, max_elements=args.max_elements)
+    source = Trained(args.out, label=args.label)
+    settings = eval_settings_from_cli(args)
     (record,) = evaluate_configs(
-        args.out, [item], None, [Path(args.evaluate_out)], eval_settings_from_cli(args),
-        allocation=allocation, label=args.label,
-    )  # fmt: skip
+        source, [item], None, [Path(args.evaluate_out)], settings, allocation
+    )
     print(summary_line(args.evaluate_out, record))
 
 
