@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from . import report
+from .methods import Serves
 from .stats import BOOTSTRAP_REPLICATES, Interval, interval_of, log_ratio_interval, resampled_values
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
@@ -279,7 +280,7 @@ def deviations(sides: list[tuple[str, pd.DataFrame]]) -> str:
         listed = ", ".join(f"{n} {'/'.join(map(str, s))}" for n, s in steps.items())
         notes.append(f"unequal optimizer steps per run ({listed})")
     for name, rows in sides:
-        coa = rows[rows["trained_method"] == "coalora"]
+        coa = rows[rows["serves"] == Serves.ANY_CONFIGURATION]
         ks = _configs_per_step(coa) - {PAPER_K} if len(coa) else set()
         if ks:
             notes.append(f"{name}: K = {'/'.join(map(str, sorted(ks)))} configurations per step")

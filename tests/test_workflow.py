@@ -256,3 +256,54 @@ def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_pa
         [c for c in claims[1] if c["statistic"] != "time_ratio"]
     ] * 2
     assert not list(results.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_every_registered_method_runs_in_the_workflow(tmp_path):
+    """One experiment with every registered method (config/all-methods.yaml): the workflow
+    reads each method's traits from its class, so each trains in its rule and is evaluated
+    where it serves; every one is a row of table1."""
+    from coalora.evaluate.results import read_result
+    from coalora.methods import method_traits
+
+    conf = yaml.safe_load(Path(preset("all-methods.yaml")).read_text())
+    [(exp, experiment)] = conf["experiments"].items()
+    assert set(experiment["methods"]) == set(method_traits())  # no registered method left out
+    snakemake(tmp_path, "--cores", "2", "--configfile", preset("all-methods.yaml"))
+    results = tmp_path / conf["results"]
+    rows = {r["method"]: r for r in csv.DictReader(open(results / "table1.csv"))}
+    assert set(rows) == set(experiment["methods"]) | {"none"}
+    steps = experiment["steps"]
+    for method, row in rows.items():
+        if method != "none":
+            runs = {"any": 1, "shared": 1, "fixed": 1, "full-precision": 1}.get(
+                method_traits()[method]["serves"], len(experiment["eval_budgets"])
+            )
+            # The paper's protocol: the same optimizer steps per run for every method.
+            assert int(row["train_steps"]) == steps * runs, method
+            assert float(row["train_seconds"]) > 0 and float(row["mean_metric"]) > 0, method
+
+    def evaluations(method):
+        return [read_result(p) for p in sorted((results / exp / method / "s0" / "eval").glob("*"))]
+
+    # Full fine-tuning at full precision; QLoRA-bnb at its one configuration (NF4, double
+    # quantization); per-configuration methods at each evaluated budget; CoA-LoRA at each.
+    [full] = evaluations("full-ft")
+    assert (full["config_name"], full["quantizer"], full["avg_bits"]) == (
+        "full-precision",
+        "none",
+        32.0,
+    )
+    assert full["protocol"]["serves"] == "full-precision" and rows["full-ft"]["solutions"] == "1"
+    [bnb] = evaluations("qlora-bnb")
+    assert bnb["config_name"] == "bnb-nf4-double-quant" and bnb["seen"] is True
+    assert 4.0 < bnb["avg_bits"] < 4.2 and rows["qlora-bnb"]["solutions"] == "1"
+    for method in ("qlora", "lqlora", "loftq", "gptq-lora"):
+        records = evaluations(method)
+        assert [r["config_name"] for r in records] == ["b3", "b4"], method
+        assert all(r["seen"] and r["protocol"]["serves"] == "trained" for r in records), method
+        assert rows[method]["solutions"] == "2", method
+    # LQ-LoRA trains on its own allocation (the ILP over W - SVD_r(W)), the others on the
+    # shared one.
+    assert (results / exp / "qconfigs-lqlora" / "b3.json").is_file()
+    assert rows["coalora"]["solutions"] == "any" and rows["shared-lora"]["solutions"] == "1"

@@ -46,21 +46,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..methods import Serves, registered_methods
 from ..quant import MAX_BITS, MIN_BITS
 from ..search.pareto import hypervolume
 
 REFERENCE_METHOD = "qlora"
-ANY_CONFIGURATION = {"coalora"}
-SHARED_ADAPTER = {"shared-lora"}
 # Rows that are references, not trained methods (no adapter or no quantization).
 FULL_PRECISION = "full-precision"
-REFERENCE_ROWS = {"none", FULL_PRECISION}
 GROUP_KEYS = ["model", "task", "quantizer"]
 
 
+def _serves_of(trained_method: str) -> str | None:
+    """What a method serves (its class's trait), for records that predate the record's own
+    ``protocol.serves``; None for the reference rows (no trained method)."""
+    methods = registered_methods()
+    return str(methods[trained_method].serves) if trained_method in methods else None
+
+
 def prepare(results: pd.DataFrame) -> pd.DataFrame:
-    """A copy with ``value`` (the primary metric), ``trained_method``, ``r``, ``search_mode``
-    and ``unseen`` columns."""
+    """A copy with ``value`` (the primary metric), ``trained_method``, ``serves``, ``r``,
+    ``search_mode`` and ``unseen`` columns."""
     df = results.copy()
     df["value"] = [float(row[f"metrics.{row['primary_metric']}"]) for _, row in df.iterrows()]
     protocols = df["protocol"] if "protocol" in df else pd.Series([{}] * len(df), index=df.index)
@@ -68,6 +73,10 @@ def prepare(results: pd.DataFrame) -> pd.DataFrame:
     settings = protocols.map(lambda p: p.get("train_settings") or {})
     df["trained_method"] = [
         p.get("trained_method", method) for p, method in zip(protocols, df["method"], strict=True)
+    ]
+    df["serves"] = [
+        p.get("serves") or _serves_of(trained)
+        for p, trained in zip(protocols, df["trained_method"], strict=True)
     ]
     df["r"] = settings.map(lambda s: s.get("r")).astype("Float64")
     df["search_mode"] = settings.map(lambda s: s.get("search_mode"))
@@ -227,7 +236,7 @@ def one_factor(rows: pd.DataFrame, trained: str, varied: str) -> pd.DataFrame:
 def search_rows(group: Group) -> pd.DataFrame:
     """The group's CoA-LoRA rows at its main rank if their search modes differ, else an empty
     frame."""
-    coalora = group.rows[group.rows["trained_method"].isin(ANY_CONFIGURATION)]
+    coalora = group.rows[group.rows["serves"] == Serves.ANY_CONFIGURATION]
     coalora = coalora.dropna(subset=["search_mode"])
     coalora = pd.concat(
         [one_factor(t, trained, "search_mode") for trained, t in coalora.groupby("trained_method")]

@@ -36,12 +36,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..methods import Serves
 from .groups import (
-    ANY_CONFIGURATION,
     GROUP_KEYS,
     REFERENCE_METHOD,
-    REFERENCE_ROWS,
-    SHARED_ADAPTER,
     Group,
     experiment_groups,
     matched_difference,
@@ -52,14 +50,14 @@ from .groups import (
 )
 
 
-def _solutions(trained_method: str, rows: pd.DataFrame) -> str:
-    if trained_method in ANY_CONFIGURATION:
-        return "any"
-    if trained_method in REFERENCE_ROWS:
+def _solutions(serves: str | None, rows: pd.DataFrame) -> str:
+    """How many trained models the method needs (per seed): "any" configuration from one."""
+    if pd.isna(serves):  # a reference row: nothing trained
         return "n/a"
-    if trained_method in SHARED_ADAPTER:
-        return "1"
-    # One run per configuration and seed: count the runs of one seed.
+    if serves == Serves.ANY_CONFIGURATION:
+        return "any"
+    # One run per configuration and seed: count the runs of one seed (1 for a shared
+    # adapter, a fixed configuration or full precision).
     return str(rows.groupby("seed")["hashes.checkpoint"].nunique(dropna=False).max())
 
 
@@ -95,7 +93,7 @@ def summary_table(results: pd.DataFrame, reference: str = REFERENCE_METHOD) -> p
     for group in experiment_groups(results, reference):
         for method, m in group.methods():
             stats = group.stats(m)
-            solutions = _solutions(m["trained_method"].iloc[0], m)
+            solutions = _solutions(m["serves"].iloc[0], m)
             rows.append(
                 {
                     **group.key,
