@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from coalora.data import load_task, make_batches
 from coalora.export import export_peft_adapter
 from coalora.io import atomic_dir, read_json, write_json
 from coalora.methods import Method, Serves
@@ -125,8 +126,6 @@ def gptq_schemes(mqc: ModelQConfig, targets: list[QuantTarget]) -> dict:
 
 def calibration_rows(tokenizer, options: GPTQOptions, length: int, seed: int) -> list[dict]:
     """``calib_samples`` unpadded token rows of ``calib_task``'s training split."""
-    from coalora.data import load_task, make_batches
-
     task = load_task(options.calib_task, max_train=max(64, options.calib_samples))
     batches = make_batches(task, tokenizer, "train", 1, length, seed=seed)
     if len(batches) < options.calib_samples:

@@ -15,6 +15,10 @@ import sys
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+# Each handler imports what its sub-command runs, inside the handler: `coalora --help`,
+# `coalora models` or a report never pay for torch, transformers or botorch (seconds each).
+
+
 def _cmd_models(args) -> None:
     from .models import list_models
 

@@ -337,6 +337,8 @@ class CoALoRAMethod(Method):
         ``held_out`` batches [decision: docs/method.md section 5; the official code used an
         untrained model on one random batch].
         """
+        # lazy: the search pulls in botorch and gpytorch (seconds of imports), which runs
+        # without a search (search_mode frozen, epoch_steps 0) never need.
         from .search import ParetoSearch, SearchConfig
 
         s = self.settings

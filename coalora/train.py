@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .io import atomic_path, read_json, write_json
+from .io import atomic_dir, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,6 @@ def save_checkpoint(
     out: str | Path, trainable: dict, manifest: dict, extra_files: dict | None = None
 ):
     """Write ``out/`` atomically: weights (safetensors) + manifest (JSON) + extra JSON files."""
-    from .io import atomic_dir
-
     with atomic_dir(out) as tmp:
         save_file({k: v.detach().contiguous() for k, v in trainable.items()}, tmp / WEIGHTS)
         write_json(tmp / MANIFEST, manifest)

@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from ..data import BIBLE_LM_TEST_BOOKS, bible_verses, load_task
-from ..models import cache_root
+from ..models import _cached_dir, cache_root
 from ..offline import HubUnavailableError, hub_offline_reason
 
 EMBEDDED_TASKS = ("bible_ppl", "bible_mc")
@@ -127,10 +127,8 @@ _BUILDERS = {"bible_ppl": bible_ppl_records, "bible_mc": bible_mc_records}
 
 def embedded_tasks_dir() -> Path:
     """The directory of the embedded tasks' YAML and JSONL files (built once, cached)."""
-    # Private helper of coalora.models: build in a temp dir, rename into place, rebuild when
-    # the stamp differs (here: another format version or a moved cache).
-    from ..models import _cached_dir
-
+    # coalora.models' cached-directory helper: build in a temp dir, rename into place,
+    # rebuild when the stamp differs (here: another format version or a moved cache).
     target = cache_root() / "lm_eval_tasks" / f"bible-v{EMBEDDED_VERSION}"
     stamp = {"format": EMBEDDED_VERSION, "tasks": list(EMBEDDED_TASKS), "path": str(target)}
 

@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from numbers import Real
 from pathlib import Path
 
+from .. import __version__
 from ..io import read_json, write_json
 
 SCHEMA = "coalora.evaluation/2"
@@ -221,8 +222,6 @@ def directory_hash(directory: str | os.PathLike) -> str:
 def code_version() -> str:
     """The package version, plus the git commit (``+g<sha>``, ``.dirty`` if tracked files
     differ from it) when the package runs from a git checkout."""
-    from .. import __version__
-
     repo = Path(__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         return __version__
