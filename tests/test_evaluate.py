@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from coalora import models
+from coalora import models, runner
 from coalora.evaluate import (
     BareBase,
     EvalSettings,
@@ -303,7 +303,8 @@ def test_many_configurations_share_one_loaded_model(
     unseen.save(tmp_path / "u2.json")
     calls = []
     real_load = models.load_model
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: calls.append(a) or real_load(*a, **k))
+    counted = lambda *a, **k: calls.append(a) or real_load(*a, **k)  # noqa: E731
+    monkeypatch.setattr(runner, "load_model", counted)  # where load_trained loads the model
 
     # Budget 3.0 twice: switching to other configurations and back must give the same numbers.
     items = [3.0, 4.0, tmp_path / "u2.json", 3.0]

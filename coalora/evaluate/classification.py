@@ -61,6 +61,14 @@ def predict(model: torch.nn.Module, batches) -> tuple[list[int], list[int]]:
     return predictions, labels
 
 
+def split_batches(task: TaskData, tokenizer, batch_size: int, max_length: int, split="test"):
+    """The split tokenized once, in order (``seed=None``): a job evaluating many
+    configurations reuses it for every one."""
+    if task.spec.kind != "classification":
+        raise ValueError(f"task {task.spec.name!r} is {task.spec.kind}, not classification")
+    return make_batches(task, tokenizer, split, batch_size, max_length, seed=None)
+
+
 def evaluate_classifier(
     model: torch.nn.Module,
     tokenizer,
@@ -68,13 +76,13 @@ def evaluate_classifier(
     batch_size: int = 32,
     max_length: int = 128,
     split: str = "test",
+    batches=None,
 ) -> tuple[dict[str, float], dict]:
     """(metrics, protocol, per-example outcomes) of ``model`` on ``split`` of ``task``, in eval
-    mode, without grad."""
-    if task.spec.kind != "classification":
-        raise ValueError(f"task {task.spec.name!r} is {task.spec.kind}, not classification")
+    mode, without grad. ``batches``: the split already tokenized (``split_batches``)."""
+    if batches is None:
+        batches = split_batches(task, tokenizer, batch_size, max_length, split)
     model.eval()
-    batches = make_batches(task, tokenizer, split, batch_size, max_length, seed=None)
     predictions, labels = predict(model, batches)
     num_labels = task.spec.num_labels
     protocol = {

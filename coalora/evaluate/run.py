@@ -52,7 +52,7 @@ from ..models import LoadedModel, load_model, weights_hash
 from ..quant import ModelQConfig, QuantizedBase
 from ..runner import load_trained, model_kind, package_versions
 from ..train import resolve_device
-from .classification import evaluate_classifier
+from .classification import evaluate_classifier, split_batches
 from .lm_eval_tasks import EMBEDDED_TASKS, LMEvalSuite
 from .perplexity import DEFAULT_WINDOW, perplexity, window_length
 from .results import (
@@ -362,6 +362,8 @@ class TaskMeasure:
                 )
             if settings.lm_eval_tasks:
                 raise ValueError("lm-eval tasks need a causal LM; this is a classification task")
+            # Tokenized once per job, not once per configuration.
+            self.batches = split_batches(task, loaded.tokenizer, settings.batch_size, max_length)
             return
         if loaded.kind != "causal-lm":
             raise ValueError(
@@ -390,7 +392,12 @@ class TaskMeasure:
         s = self.settings
         if self.kind == "classification":
             metrics, protocol, per_example = evaluate_classifier(
-                model, self.loaded.tokenizer, self.task, s.batch_size, self.max_length
+                model,
+                self.loaded.tokenizer,
+                self.task,
+                s.batch_size,
+                self.max_length,
+                batches=self.batches,
             )
             return metrics, {"kind": "classification", **protocol, "limit": s.limit}, per_example
         clock = time.perf_counter()
