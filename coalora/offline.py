@@ -7,11 +7,13 @@ the hub only when it is reachable).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -74,3 +76,19 @@ def hub_offline_reason() -> str | None:
     if not _hub_reachable():
         return "the hub is unreachable from this machine"
     return None
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """Make ``datasets`` and ``huggingface_hub`` use local files only (both read the env flag
+    once, at import, so the flag alone is not enough once they are imported)."""
+    import datasets  # lazy: datasets costs about a second to import; only hub tasks use it
+    from huggingface_hub import constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+    if offline:
+        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved

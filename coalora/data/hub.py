@@ -7,11 +7,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..offline import HubUnavailableError, hub_offline_reason
+from ..offline import HubUnavailableError, hub_offline, hub_offline_reason
 from .local import DATA_ENV
 from .task import TaskSpec
 
@@ -110,21 +108,6 @@ _HUB: dict[str, _HubSource] = {
 }
 
 
-@contextlib.contextmanager
-def _datasets_offline(offline: bool) -> Iterator[None]:
-    """Make ``datasets`` use only its local cache (it reads the env flag once, at import)."""
-    import datasets
-    from huggingface_hub import constants
-
-    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
-    if offline:
-        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
-
-
 def _load_hub(spec: TaskSpec) -> dict[str, list[dict]]:
     import datasets
 
@@ -133,7 +116,7 @@ def _load_hub(spec: TaskSpec) -> dict[str, list[dict]]:
     columns = list(spec.text_fields) + (["label"] if spec.kind == "classification" else [])
     splits = {}
     try:
-        with _datasets_offline(reason is not None):
+        with hub_offline(reason is not None):
             for ours, theirs in source.splits.items():
                 table = datasets.load_dataset(
                     source.path, source.config, data_files=source.data_files, split=theirs

@@ -22,14 +22,13 @@ The embedded tasks never touch the network.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import yaml
 
 from ..data import BIBLE_LM_TEST_BOOKS, bible_verses, load_task
 from ..models import _cached_dir, cache_root
-from ..offline import HubUnavailableError, hub_offline_reason
+from ..offline import HubUnavailableError, hub_offline, hub_offline_reason
 
 EMBEDDED_TASKS = ("bible_ppl", "bible_mc")
 # Bump when the generated data or YAML change: it is the tasks' lm-eval version and part of
@@ -152,22 +151,6 @@ def _file_sha256(path: Path) -> str:
 # ============================================================================ running
 
 
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """Make ``datasets`` and ``huggingface_hub`` use local files only (both read the env flag
-    once, at import, so the flag alone is not enough once they are imported)."""
-    import datasets
-    from huggingface_hub import constants
-
-    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
-    if offline:
-        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -222,7 +205,7 @@ class LMEvalSuite:
         directory = embedded_tasks_dir()
         self._data_hashes[name] = _file_sha256(directory / f"{name}.jsonl")
         manager = TaskManager(include_path=str(directory), include_defaults=False)
-        with _hub_offline(True):  # local JSONL only: never the network
+        with hub_offline(True):  # local JSONL only: never the network
             return manager.load([name])
 
     def _load_registry(self, name: str) -> dict:
@@ -237,7 +220,7 @@ class LMEvalSuite:
             )
         reason = hub_offline_reason()
         try:
-            with _hub_offline(reason is not None):
+            with hub_offline(reason is not None):
                 return manager.load([name])
         except Exception as err:
             if reason is not None:
