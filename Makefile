@@ -30,6 +30,9 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check coalora baselines tests benchmarks
 	$(VENV)/bin/ruff format --check coalora baselines tests benchmarks
+	$(VENV)/bin/snakemake --lint
+	for c in config/ci.yaml config/all-methods.yaml config/paper.yaml; do \
+	  $(VENV)/bin/snakemake --lint --configfile $$c || exit 1; done
 
 bench: install
 	$(PY) benchmarks/quantize.py

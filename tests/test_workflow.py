@@ -105,6 +105,15 @@ def test_paper_preset_dry_run(tmp_path):
     assert counts["search_ablation_figure"] == 1 and counts["tables"] == 1
 
 
+@pytest.mark.parametrize("args", [(), ("--configfile", preset("ci.yaml"))], ids=["default", "ci"])
+def test_snakemake_lint_is_clean(tmp_path, args):
+    # `snakemake --lint` exits 1 when it prints a lint ("Lints for rule ..."), 0 when clean.
+    proc = snakemake(tmp_path, "--lint", *args, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out, out[-3000:]
+    assert "Congratulations, your workflow is in a good condition!" in out
+
+
 @pytest.mark.parametrize(
     "override,message",
     [

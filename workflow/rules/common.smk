@@ -2,6 +2,7 @@
 import shlex
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 
 from coalora.methods import method_traits
 from coalora.train import TrainSettings
@@ -11,8 +12,18 @@ SEEDS = config.get("seeds", [0])
 QUANTIZER = config.get("quantizer", "nf")
 EXPERIMENTS = list(config["experiments"])
 
-# The `coalora` command of the Python running Snakemake (works without activating the venv).
-COALORA = f"{sys.executable} -m coalora.cli"
+# The `coalora` command, passed to every rule as `params.cli`. By default (`make install`'s
+# venv) the Python running Snakemake (works without activating the venv); under
+# `--software-deployment-method conda` the `python` of the rule's activated environment.
+_deployment = workflow.deployment_settings
+if _deployment is not None and DeploymentMethod.CONDA in _deployment.deployment_method:
+    COALORA = "python -m coalora.cli"
+else:
+    COALORA = f"{sys.executable} -m coalora.cli"
+
+# Every rule's software (used only under `--software-deployment-method conda`); a conda path
+# is relative to the file holding the directive, and every rule lives in workflow/rules/.
+CONDA_ENV = "../envs/coalora.yaml"
 
 # What each registered method is (coalora.methods: its class's traits, declared there once):
 # which configurations it serves ("any", "shared", "trained", "fixed", "full-precision") and
@@ -255,3 +266,38 @@ def eval_flags(exp):
 
 def resources_for(exp, stage):
     return exp_conf(exp).get("resources", {}).get(stage, {})
+
+
+def method_budget_flags(exp, label):
+    conf = exp_conf(exp)
+    method = base_method(exp, label)
+    if method == "coalora" and conf.get("coalora_budgets"):
+        return "--budgets " + ",".join(str(b) for b in conf["coalora_budgets"])
+    if method == "shared-lora" and conf.get("shared_budgets"):
+        return "--budgets " + ",".join(str(b) for b in conf["shared_budgets"])
+    return ""
+
+
+# The report rules' inputs (workflow/rules/report.smk) and the figures `rule all` asks for.
+
+
+def every_evaluation(w=None):
+    return [f for exp in EXPERIMENTS for f in all_evaluations(exp)]
+
+
+def search_variants(exp):
+    """CoA-LoRA labels of an experiment whose search mode is set (the search ablation)."""
+    return [
+        m
+        for m in exp_methods(exp)
+        if base_method(exp, m) == "coalora"
+        and "search_mode" in exp_conf(exp).get("variants", {}).get(m, {}).get("train", {})
+    ]
+
+
+def figure_outputs():
+    files = []
+    for exp in EXPERIMENTS:
+        kinds = ["pareto", "seen_unseen"] + (["search_ablation"] if search_variants(exp) else [])
+        files += [f"{RESULTS}/figures/{exp}_{k}.{ext}" for k in kinds for ext in ("png", "svg")]
+    return files

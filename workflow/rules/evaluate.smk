@@ -25,6 +25,7 @@ for _exp in EXPERIMENTS:
         benchmark:
             f"{RESULTS}/benchmarks/{_exp}/{{method}}/s{{seed}}/eval.tsv"
         params:
+            cli=COALORA,
             flags=eval_flags(_exp),
             out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/{w.method}/s{w.seed}/eval",
         threads: resources_for(_exp, "evaluate").get("threads", 1)
@@ -34,8 +35,10 @@ for _exp in EXPERIMENTS:
             gpu=resources_for(_exp, "evaluate").get("gpu", 0),
         log:
             f"{RESULTS}/logs/{_exp}/{{method}}/s{{seed}}/eval.log",
+        conda:
+            CONDA_ENV
         shell:
-            "{COALORA} evaluate --checkpoint {input.checkpoint} --qconfigs {input.qconfigs} "
+            "{params.cli} evaluate --checkpoint {input.checkpoint} --qconfigs {input.qconfigs} "
             "--label {wildcards.method} {params.flags} --out-dir {params.out_dir} 2> {log}"
 
     rule:
@@ -49,6 +52,7 @@ for _exp in EXPERIMENTS:
         benchmark:
             f"{RESULTS}/benchmarks/{_exp}/none/s{{seed}}/eval.tsv"
         params:
+            cli=COALORA,
             model=exp_conf(_exp)["model"],
             task=exp_conf(_exp)["task"],
             flags=eval_flags(_exp),
@@ -60,7 +64,9 @@ for _exp in EXPERIMENTS:
             gpu=resources_for(_exp, "evaluate").get("gpu", 0),
         log:
             f"{RESULTS}/logs/{_exp}/none/s{{seed}}/eval.log",
+        conda:
+            CONDA_ENV
         shell:
-            "{COALORA} evaluate --model {params.model} --task {params.task} "
+            "{params.cli} evaluate --model {params.model} --task {params.task} "
             "--qconfigs {input.qconfigs} --seed {wildcards.seed} {params.flags} "
             "--out-dir {params.out_dir} 2> {log}"

@@ -5,30 +5,36 @@ rule prepare:
     output:
         f"{RESULTS}/{{exp}}/prepared.json",
     params:
+        cli=COALORA,
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
     log:
         f"{RESULTS}/logs/{{exp}}/prepare.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} prepare --model {params.model} --task {params.task} --out {output} 2> {log}"
+        "{params.cli} prepare --model {params.model} --task {params.task} --out {output} 2> {log}"
 
 
 rule cost_table:
     input:
         f"{RESULTS}/{{exp}}/prepared.json",
     output:
-        f"{RESULTS}/{{exp}}/cost_table.safetensors",
-        f"{RESULTS}/{{exp}}/cost_table.json",
+        table=f"{RESULTS}/{{exp}}/cost_table.safetensors",
+        index=f"{RESULTS}/{{exp}}/cost_table.json",
     params:
+        cli=COALORA,
         model=lambda w: exp_conf(w.exp)["model"],
         quantizer=lambda w: quantizer_of(w.exp),
         extra=lambda w: cost_table_flags(w.exp),
         seed=lambda w: artifact_seed(w.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} cost-table --model {params.model} --quantizer {params.quantizer} {params.extra} "
-        "--seed {params.seed} --out {output[0]} 2> {log}"
+        "{params.cli} cost-table --model {params.model} --quantizer {params.quantizer} "
+        "{params.extra} --seed {params.seed} --out {output.table} 2> {log}"
 
 
 rule cost_table_lowrank:
@@ -36,9 +42,10 @@ rule cost_table_lowrank:
     input:
         f"{RESULTS}/{{exp}}/prepared.json",
     output:
-        f"{RESULTS}/{{exp}}/cost_table-lowrank.safetensors",
-        f"{RESULTS}/{{exp}}/cost_table-lowrank.json",
+        table=f"{RESULTS}/{{exp}}/cost_table-lowrank.safetensors",
+        index=f"{RESULTS}/{{exp}}/cost_table-lowrank.json",
     params:
+        cli=COALORA,
         model=lambda w: exp_conf(w.exp)["model"],
         quantizer=lambda w: quantizer_of(w.exp),
         extra=lambda w: cost_table_flags(w.exp),
@@ -46,9 +53,12 @@ rule cost_table_lowrank:
         seed=lambda w: artifact_seed(w.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table-lowrank.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} cost-table --model {params.model} --quantizer {params.quantizer} {params.extra} "
-        "--lowrank-rank {params.rank} --seed {params.seed} --out {output[0]} 2> {log}"
+        "{params.cli} cost-table --model {params.model} --quantizer {params.quantizer} "
+        "{params.extra} --lowrank-rank {params.rank} --seed {params.seed} --out {output.table} "
+        "2> {log}"
 
 
 # One job per experiment allocates every budget it needs: the ILP is fast, loading the model
@@ -63,15 +73,18 @@ for _exp in EXPERIMENTS:
         output:
             [f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in all_cfgs(_exp)],
         params:
+            cli=COALORA,
             model=exp_conf(_exp)["model"],
             quantizer=quantizer_of(_exp),
             budgets=" ".join(str(cfg_budget(cfg)) for cfg in all_cfgs(_exp)),
             names=" ".join(all_cfgs(_exp)),
-            out_dir=f"{RESULTS}/{_exp}/qconfigs",
+            out_dir=lambda w, output: os.path.dirname(output[0]),
         log:
             f"{RESULTS}/logs/{_exp}/allocate.log",
+        conda:
+            CONDA_ENV
         shell:
-            "{COALORA} allocate --model {params.model} --budgets {params.budgets} "
+            "{params.cli} allocate --model {params.model} --budgets {params.budgets} "
             "--names {params.names} --quantizer {params.quantizer} --cost-table {input} "
             "--out-dir {params.out_dir} 2> {log}"
 
@@ -86,15 +99,18 @@ for _exp in EXPERIMENTS:
             output:
                 [qconfig_path(_exp, _method, cfg) for cfg in cfgs_for(_exp, _method)],
             params:
+                cli=COALORA,
                 model=exp_conf(_exp)["model"],
                 quantizer=quantizer_of(_exp),
                 budgets=" ".join(str(cfg_budget(cfg)) for cfg in cfgs_for(_exp, _method)),
                 names=" ".join(cfgs_for(_exp, _method)),
-                out_dir=qconfig_dir(_exp, _method),
+                out_dir=lambda w, output: os.path.dirname(output[0]),
                 rank=lora_rank(_exp),
             log:
                 f"{RESULTS}/logs/{_exp}/allocate-{_method}.log",
+            conda:
+                CONDA_ENV
             shell:
-                "{COALORA} allocate --model {params.model} --budgets {params.budgets} "
+                "{params.cli} allocate --model {params.model} --budgets {params.budgets} "
                 "--names {params.names} --quantizer {params.quantizer} --cost-table {input} "
                 "--lowrank-rank {params.rank} --out-dir {params.out_dir} 2> {log}"

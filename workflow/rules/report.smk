@@ -1,10 +1,6 @@
 # Tables and figures; they read only the evaluation JSONs.
 
 
-def every_evaluation(w=None):
-    return [f for exp in EXPERIMENTS for f in all_evaluations(exp)]
-
-
 rule table1:
     input:
         every_evaluation(),
@@ -16,11 +12,14 @@ rule table1:
         ),
         md=f"{RESULTS}/table1.md",
     params:
+        cli=COALORA,
         reference=config.get("reference_method", "qlora"),
     log:
         f"{RESULTS}/logs/table1.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} report table1 --reference {params.reference} --out {output.csv} "
+        "{params.cli} report table1 --reference {params.reference} --out {output.csv} "
         "--markdown {output.md} {input} 2> {log}"
 
 
@@ -36,10 +35,14 @@ rule claims:
             category="Claims",
         ),
         md=f"{RESULTS}/claims.md",
+    params:
+        cli=COALORA,
     log:
         f"{RESULTS}/logs/claims.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} report claims --out {output.csv} --markdown {output.md} {input} 2> {log}"
+        "{params.cli} report claims --out {output.csv} --markdown {output.md} {input} 2> {log}"
 
 
 rule pareto_figure:
@@ -52,11 +55,15 @@ rule pareto_figure:
             category="Figures",
         ),
         svg=f"{RESULTS}/figures/{{exp}}_pareto.svg",
+    params:
+        cli=COALORA,
     log:
         f"{RESULTS}/logs/{{exp}}/figure.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} report pareto --title {wildcards.exp} --out {output.png} --svg {output.svg} "
-        "{input} 2> {log}"
+        "{params.cli} report pareto --title {wildcards.exp} --out {output.png} "
+        "--svg {output.svg} {input} 2> {log}"
 
 
 # The further tables (rank, search and quantizer ablations, seen vs unseen, the causal-LM
@@ -75,31 +82,16 @@ rule tables:
         ],
         md=[f"{RESULTS}/tables/{t}.md" for t in TABLES],
     params:
+        cli=COALORA,
         reference=config.get("reference_method", "qlora"),
-        out_dir=f"{RESULTS}/tables",
+        out_dir=lambda w, output: os.path.dirname(output.csv[0]),
     log:
         f"{RESULTS}/logs/tables.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} report tables --reference {params.reference} --out-dir {params.out_dir} "
+        "{params.cli} report tables --reference {params.reference} --out-dir {params.out_dir} "
         "{input} 2> {log}"
-
-
-def search_variants(exp):
-    """CoA-LoRA labels of an experiment whose search mode is set (the search ablation)."""
-    return [
-        m
-        for m in exp_methods(exp)
-        if base_method(exp, m) == "coalora"
-        and "search_mode" in exp_conf(exp).get("variants", {}).get(m, {}).get("train", {})
-    ]
-
-
-def figure_outputs():
-    files = []
-    for exp in EXPERIMENTS:
-        kinds = ["pareto", "seen_unseen"] + (["search_ablation"] if search_variants(exp) else [])
-        files += [f"{RESULTS}/figures/{exp}_{k}.{ext}" for k in kinds for ext in ("png", "svg")]
-    return files
 
 
 rule seen_unseen_figure:
@@ -112,10 +104,14 @@ rule seen_unseen_figure:
             category="Figures",
         ),
         svg=f"{RESULTS}/figures/{{exp}}_seen_unseen.svg",
+    params:
+        cli=COALORA,
     log:
         f"{RESULTS}/logs/{{exp}}/figure-seen-unseen.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} report seen-unseen --title {wildcards.exp} --out {output.png} "
+        "{params.cli} report seen-unseen --title {wildcards.exp} --out {output.png} "
         "--svg {output.svg} {input} 2> {log}"
 
 
@@ -129,8 +125,12 @@ rule search_ablation_figure:
             category="Figures",
         ),
         svg=f"{RESULTS}/figures/{{exp}}_search_ablation.svg",
+    params:
+        cli=COALORA,
     log:
         f"{RESULTS}/logs/{{exp}}/figure-search-ablation.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} report search-ablation --title {wildcards.exp} --out {output.png} "
+        "{params.cli} report search-ablation --title {wildcards.exp} --out {output.png} "
         "--svg {output.svg} {input} 2> {log}"

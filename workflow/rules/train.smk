@@ -4,16 +4,6 @@
 # step budget. Which rule trains a label follows from its method's `serves` trait.
 
 
-def method_budget_flags(exp, label):
-    conf = exp_conf(exp)
-    method = base_method(exp, label)
-    if method == "coalora" and conf.get("coalora_budgets"):
-        return "--budgets " + ",".join(str(b) for b in conf["coalora_budgets"])
-    if method == "shared-lora" and conf.get("shared_budgets"):
-        return "--budgets " + ",".join(str(b) for b in conf["shared_budgets"])
-    return ""
-
-
 rule train:
     input:
         prepared=f"{RESULTS}/{{exp}}/prepared.json",
@@ -25,6 +15,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train.tsv"
     params:
+        cli=COALORA,
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
         method=lambda w: base_method(w.exp, w.method),
@@ -40,8 +31,10 @@ rule train:
         gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
     log:
         f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/train.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
+        "{params.cli} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} {params.budgets} {params.settings} {params.data} "
         "--quantizer {params.quantizer} --cost-table {input.costs} --out {output} 2> {log}"
 
@@ -60,6 +53,7 @@ rule train_per_config:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.tsv"
     params:
+        cli=COALORA,
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
         method=lambda w: base_method(w.exp, w.method),
@@ -74,8 +68,10 @@ rule train_per_config:
         gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
     log:
         f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
+        "{params.cli} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} --qconfig {input.qconfig} {params.settings} {params.data} "
         "--out {output.checkpoint} --evaluate-out {output.evaluation} "
         "--label {wildcards.method} {params.eval} 2> {log}"
@@ -95,6 +91,7 @@ rule train_own_config:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.tsv"
     params:
+        cli=COALORA,
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
         method=lambda w: base_method(w.exp, w.method),
@@ -109,8 +106,10 @@ rule train_own_config:
         gpu=lambda w: resources_for(w.exp, "train").get("gpu", 0),
     log:
         f"{RESULTS}/logs/{{exp}}/{{method}}/s{{seed}}/train-{{cfg}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{COALORA} train --model {params.model} --task {params.task} --method {params.method} "
+        "{params.cli} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} {params.settings} {params.data} "
         "--out {output.checkpoint} --evaluate-out {output.evaluation} "
         "--label {wildcards.method} {params.eval} 2> {log}"
