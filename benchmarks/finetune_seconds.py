@@ -15,8 +15,8 @@ under four uniform ones (b = 2, 3, 4, 8; K = 2 per step, so two forward/backward
 step); full-ft ignores configurations. Uniform configurations keep the ILP (and its cost
 table) out of the measurement.
 
-    python benchmarks/baselines.py                       # SmolLM2-135M, 5 steps, 2 x 64 tokens
-    python benchmarks/baselines.py --methods qlora,lqlora --steps 3 --threads 1
+    python benchmarks/finetune_seconds.py                       # SmolLM2-135M, 5 steps, 2 x 64 tokens
+    python benchmarks/finetune_seconds.py --methods qlora,lqlora --steps 3 --threads 1
 
 The SmolLM2 weights were Q4_1 (GGUF) before we quantize them. Timings depend on the CPU's
 load: report it with the numbers.
@@ -41,12 +41,10 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import torch  # noqa: E402
 
 from coalora.data import load_task, make_batches  # noqa: E402
-from coalora.methods import get_method  # noqa: E402
+from coalora.methods import get_method, registered_methods  # noqa: E402
 from coalora.models import load_model  # noqa: E402
 from coalora.quant import ModelQConfig, QuantConfig, QuantizedBase  # noqa: E402
 from coalora.train import TrainSettings, train  # noqa: E402
-
-METHODS = ("qlora", "qlora-bnb", "lqlora", "loftq", "gptq-lora", "shared-lora", "full-ft")
 
 
 def run_one(method: str, args, task) -> dict:
@@ -110,7 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", default="bible-lm")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    # Every registered baseline (CoA-LoRA's own cost is benchmarks/step_cost.py).
+    baselines = [name for name in registered_methods() if name != "coalora"]
+    parser.add_argument("--methods", default=",".join(baselines))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=64)
