@@ -223,13 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out", required=True, help="CSV to write")
     t.add_argument("--markdown", help="Markdown rendering to write")
-    t.add_argument("--reference", default="qlora", help="method of the Acc. gap")
+    t.add_argument("--reference", default=None, help="method of the Acc. gap (default: QLoRA)")
     t = kinds.add_parser(
         "tables", help="ablation, NF/INT, seen/unseen, causal-LM, paper-relation tables"
     )
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out-dir", required=True, help="folder for <table>.csv and <table>.md")
-    t.add_argument("--reference", default="qlora", help="method of the Acc. gap")
+    t.add_argument("--reference", default=None, help="method of the Acc. gap (default: QLoRA)")
     t = kinds.add_parser("claims", help="verdicts on the paper's claims, with 95% intervals")
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out", required=True, help="CSV to write (one row per claim test)")

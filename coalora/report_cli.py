@@ -42,13 +42,13 @@ def report_from_cli(args) -> None:
     if not len(results):
         raise ValueError("no evaluation results given")
     if args.report == "table1":
-        table = report.summary_table(results, reference=args.reference)
+        table = report.summary_table(results, reference=args.reference or report.REFERENCE_METHOD)
         write_table(table, args.out, args.markdown)
         print(f"wrote {args.out}: {len(table)} rows")
     elif args.report == "tables":
         out = Path(args.out_dir)
         for name, (function, empty) in TABLES.items():
-            table = function(results, args.reference)
+            table = function(results, args.reference or report.REFERENCE_METHOD)
             write_table(table, out / f"{name}.csv", out / f"{name}.md", empty)
             print(f"wrote {out / name}.csv/.md: {len(table)} rows")
     elif args.report == "claims":

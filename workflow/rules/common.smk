@@ -290,7 +290,7 @@ def search_variants(exp):
     return [
         m
         for m in exp_methods(exp)
-        if base_method(exp, m) == "coalora"
+        if serves(exp, m) == "any"
         and "search_mode" in exp_conf(exp).get("variants", {}).get(m, {}).get("train", {})
     ]
 

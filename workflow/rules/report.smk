@@ -13,7 +13,7 @@ rule table1:
         md=f"{RESULTS}/table1.md",
     params:
         cli=COALORA,
-        reference=config.get("reference_method", "qlora"),
+        reference=config["reference_method"],
     log:
         f"{RESULTS}/logs/table1.log",
     conda:
@@ -83,7 +83,7 @@ rule tables:
         md=[f"{RESULTS}/tables/{t}.md" for t in TABLES],
     params:
         cli=COALORA,
-        reference=config.get("reference_method", "qlora"),
+        reference=config["reference_method"],
         out_dir=lambda w, output: os.path.dirname(output.csv[0]),
     log:
         f"{RESULTS}/logs/tables.log",
