@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from .timing import mark
+
 # No hub unless a user names a hub id and is online; set before transformers is imported.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
@@ -296,6 +298,15 @@ def _add_allocation_options(p: argparse.ArgumentParser, cost_table: bool = True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Set-up benchmark marks (coalora.timing; no-ops unless $COALORA_TIMING_FILE is set).
+    mark("cli_start")
+    try:
+        return _main(argv)
+    finally:
+        mark("cli_end")
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

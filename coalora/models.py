@@ -35,6 +35,7 @@ from .data import bible_verses
 # HubUnavailableError and hub_offline_reason live in coalora.offline (shared with coalora.data);
 # importing them here keeps them part of this module's API.
 from .offline import HubUnavailableError, hub_offline_reason, package_dir
+from .timing import marked
 
 CACHE_ENV = "COALORA_CACHE"
 KINDS = ("causal-lm", "classification")
@@ -437,6 +438,9 @@ def _load_hub(model_id: str, kind: str, num_labels: int | None, seed: int) -> Lo
         ) from err
 
 
+# Timing marks around every model load (benchmarks/setup_cost.py separates loading the
+# weights from the rest of a job's set-up; no-ops unless $COALORA_TIMING_FILE is set).
+@marked("model_load_start", "model_loaded")
 def load_model(
     name_or_path: str, kind: str = "causal-lm", num_labels: int | None = None, seed: int = 0
 ) -> LoadedModel:

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .io import atomic_dir, atomic_path, read_json, write_json
+from .timing import mark
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ def train(
     )
     clock = time.perf_counter()
     for step in range(start, last):
+        if step == start:  # set-up benchmark (coalora.timing): where set-up ends
+            mark("first_step", once=True)
         seed = step_seed(settings.seed, step)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ..data import TaskData, make_batches
+from ..timing import mark
 
 
 def classification_metrics(
@@ -52,6 +53,7 @@ def predict(model: torch.nn.Module, batches) -> tuple[list[int], list[int]]:
     device = next(model.parameters()).device
     predictions, labels = [0] * batches.num_examples, [0] * batches.num_examples
     for indices, batch in batches.by_length():
+        mark("first_eval_batch", once=True)  # set-up benchmark (coalora.timing)
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
         for i, p, y in zip(

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..timing import mark
+
 DEFAULT_WINDOW = 2048
 
 
@@ -89,6 +91,7 @@ def perplexity(
     device = next(model.parameters()).device
     window_sums = []
     for start in range(0, n, batch_size):
+        mark("first_eval_batch", once=True)  # set-up benchmark (coalora.timing)
         ids = windows[start : start + batch_size].to(device)
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         if logits.dtype in (torch.float16, torch.bfloat16):
