@@ -47,7 +47,11 @@ def _cmd_methods(args) -> None:
         print(json.dumps(traits, indent=2))
         return
     for name, t in traits.items():
-        trains = "one run per configuration" if t["per_config"] else "one run"
+        trains = {
+            "trained": "one run per configuration",
+            "fixed": "one run, at the configuration it fixes",
+            "full-precision": "one run, at full precision",
+        }.get(t["serves"], "one run for every configuration")
         options = f"; options: {', '.join(t['options'])}" if t["options"] else ""
         print(f"{name:12s} serves {t['serves']:15s} {trains}{options}")
 
