@@ -34,6 +34,11 @@ the target bounds.
     python benchmarks/setup_cost.py             # MiniLM-L6 on bible-testament (config.yaml)
     python benchmarks/setup_cost.py --quick     # tiny-bert and tiny-llama (config/ci.yaml)
     python benchmarks/setup_cost.py --model smollm2-135m --task bible-lm --experiment smollm2-bible
+    python benchmarks/setup_cost.py --fork-server   # each job cold and [warm], side by side
+
+"[warm]" rows: the same job forked from a ``coalora.forkserver`` (what the workflow's local
+jobs do), started once before the first job; their "imports" column counts nothing (the
+server imported before the job began; what the job still imports lazily is in "beyond").
 """
 
 from __future__ import annotations
@@ -55,9 +60,12 @@ from pathlib import Path
 
 import yaml
 
+from coalora import forkserver  # the standard library only: no torch in this process
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 3.0
 TIMING_ENV = "COALORA_TIMING_FILE"  # coalora.timing.TIMING_ENV (not imported: no torch here)
+SOCKET_ENV = forkserver.SOCKET_ENV
 THREAD_VARS = (
     "OMP_NUM_THREADS",
     "GOTO_NUM_THREADS",
@@ -191,10 +199,15 @@ class Run:
         }
 
 
-def run_job(job: str, args: list[str], cwd: Path, threads: int) -> Run:
+def run_job(job: str, args: list[str], cwd: Path, threads: int, server: str | None = None) -> Run:
+    """One job as a subprocess; with ``server`` (a fork server's socket) forked from it, as
+    a workflow job is (no -X importtime then: the server imported before the job began)."""
     timing = Path(tempfile.mkstemp(prefix="timing.", suffix=".jsonl", dir=cwd)[1])
     env = dict(os.environ, **{TIMING_ENV: str(timing)}, **{v: str(threads) for v in THREAD_VARS})
-    cmd = [sys.executable, "-X", "importtime", "-m", "coalora.cli", *args]
+    env.pop(SOCKET_ENV, None)
+    if server:
+        env[SOCKET_ENV] = server
+    cmd = [sys.executable, *(["-X", "importtime"] * (server is None)), "-m", "coalora.cli", *args]
     stderr: list[tuple[float, str]] = []
 
     def read(stream, sink):
@@ -230,6 +243,16 @@ def run_job(job: str, args: list[str], cwd: Path, threads: int) -> Run:
         tail = "\n".join(other[-15:])
         raise SystemExit(f"{job} failed ({returncode}):\n  {shlex.join(cmd)}\n{tail}")
     return run
+
+
+def remove_outputs(cli: list[str]) -> None:
+    for flag in ("--out", "--out-dir", "--evaluate-out"):
+        if flag in cli:
+            out = Path(cli[cli.index(flag) + 1])
+            if out.is_dir():
+                shutil.rmtree(out)
+            else:
+                out.unlink(missing_ok=True)
 
 
 def _normalise_levels(imports):
@@ -344,6 +367,12 @@ def main() -> int:
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per job type (medians)")
     p.add_argument("--threads", type=int, default=1, help="the rules' threads (default 1)")
+    p.add_argument(
+        "--fork-server",
+        action="store_true",
+        help="run each job twice, side by side: cold (its own imports) and warm (forked from "
+        "a coalora.forkserver, as the workflow's local jobs are)",
+    )
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = p.parse_args()
@@ -367,6 +396,14 @@ def main() -> int:
     env_note = (
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, threads per job {args.threads}"
     )
+    server = None
+    if args.fork_server:
+        server = forkserver.start(log=str(scratch / "fork_server.log"))
+        while not os.path.exists(server[1]):
+            if server[0].poll() is not None:
+                raise SystemExit(f"the fork server failed: {scratch / 'fork_server.log'}")
+            time.sleep(0.1)
+    modes = [("", None)] + [(" [warm]", server[1])] * bool(server)
     try:
         for name, conf, quantizer, seed in experiments:
             work = scratch / name
@@ -379,26 +416,22 @@ def main() -> int:
             train_runs = []
             for rep in range(args.repeat):
                 for job, cli in jobs:
-                    if rep == 0:
-                        print(f"$ coalora {shlex.join(cli)}", file=sys.stderr)
-                    else:  # a repeat starts from the same inputs, without this job's outputs
-                        for flag in ("--out", "--out-dir", "--evaluate-out"):
-                            if flag in cli:
-                                out = Path(cli[cli.index(flag) + 1])
-                                if out.is_dir():
-                                    shutil.rmtree(out)
-                                else:
-                                    out.unlink(missing_ok=True)
-                    run = run_job(job, cli, work, args.threads)
-                    for line in run.stderr:
-                        if "WARNING" in line or "Warning" in line:
-                            print(f"  [{job}] {line}", file=sys.stderr)
-                    if job == "train":
-                        train_runs.append(run)
-                    for label, phase, wall, whole in rows_of(run):
-                        if label not in results:
-                            order.append(label)
-                        results.setdefault(label, []).append((phase, wall, whole))
+                    for suffix, socket_path in modes:
+                        if rep == 0 and socket_path is None:
+                            print(f"$ coalora {shlex.join(cli)}", file=sys.stderr)
+                        else:  # a rerun starts from the same inputs, without this job's outputs
+                            remove_outputs(cli)
+                        run = run_job(job, cli, work, args.threads, socket_path)
+                        for line in run.stderr:
+                            if "WARNING" in line or "Warning" in line:
+                                print(f"  [{job}] {line}", file=sys.stderr)
+                        if job == "train" and socket_path is None:
+                            train_runs.append(run)
+                        for label, phase, wall, whole in rows_of(run):
+                            label += suffix
+                            if label not in results:
+                                order.append(label)
+                            results.setdefault(label, []).append((phase, wall, whole))
             print_table(order, results)
             pkgs = top_packages(train_runs[-1])
             total = sum(c for _, _, c, level, _ in train_runs[-1].imports if level == 0) / 1e6
@@ -408,6 +441,8 @@ def main() -> int:
             for pkg, cum, own, via in pkgs:
                 print(f"  {pkg:16s} {cum:8.2f} {own:7.2f}  {via}")
     finally:
+        if server:
+            forkserver.stop(*server)
         if not args.keep and args.workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
         elif args.keep:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .data import load_task, make_batches
-from .models import MODELS, cache_root, load_model
+from .io import cache_root
+from .models import MODELS, load_model
 from .quant import MAX_BITS, MIN_BITS, ModelQConfig, QuantizedBase
 from .quant.allocate import allocate
 from .quant.cost import cost_table, fisher_diagonal, hash_weights, load_cost_table, save_cost_table

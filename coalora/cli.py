@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
+from . import forkserver
 from .timing import mark
-
-# No hub unless a user names a hub id and is online; set before transformers is imported.
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
 
 # Each handler imports what its sub-command runs, inside the handler: `coalora --help`,
 # `coalora models` or a report never pay for torch, transformers or botorch (seconds each).
@@ -302,6 +298,16 @@ def _add_allocation_options(p: argparse.ArgumentParser, cost_table: bool = True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line's entry: in a child of the workflow's fork server when one is
+    running (coalora.forkserver: torch and the rest already imported), else right here."""
+    if argv is None:
+        status = forkserver.call(sys.argv[1:])
+        if status is not None:
+            return status
+    return run_here(argv)
+
+
+def run_here(argv: list[str] | None = None) -> int:
     # Set-up benchmark marks (coalora.timing; no-ops unless $COALORA_TIMING_FILE is set).
     mark("cli_start")
     try:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a rule interrupted mid-write never leaves a file that looks finished."""
+"""Atomic file writes (a rule interrupted mid-write never leaves a file that looks finished)
+and where coalora's caches live."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+CACHE_ENV = "COALORA_CACHE"
+
+
+def cache_root() -> Path:
+    """Root of coalora's caches: ``$COALORA_CACHE`` or ``~/.cache/coalora``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "coalora").expanduser()
 
 
 @contextmanager

@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from .data import bible_verses
+from .io import cache_root
 
 # HubUnavailableError and hub_offline_reason live in coalora.offline (shared with coalora.data);
 # importing them here keeps them part of this module's API.
 from .offline import HubUnavailableError, hub_offline_reason, package_dir
 from .timing import marked
 
-CACHE_ENV = "COALORA_CACHE"
 KINDS = ("causal-lm", "classification")
 
 # Shapes of the tiny random models: big enough to have every module type of the real
@@ -149,11 +149,6 @@ def _transformers_without_sklearn() -> None:
 
 def list_models() -> list[ModelSpec]:
     return list(MODELS.values())
-
-
-def cache_root() -> Path:
-    """Root of coalora's caches: ``$COALORA_CACHE`` or ``~/.cache/coalora``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "coalora").expanduser()
 
 
 # ----------------------------------------------------------------------------- caching

@@ -598,3 +598,39 @@ def test_highs_stray_stdout_is_discarded_but_python_output_is_kept(capfd):
     out = capfd.readouterr().out
     assert "HighsMipSolverData" not in out
     assert out == "before after\nfd 1 works again\n"
+
+
+def test_allocations_are_remembered_by_their_inputs(tmp_path, monkeypatch):
+    """allocate() solves each ILP once per cache: the same table and budget are read back
+    (no solve), another budget or table is solved, and a damaged entry is solved again."""
+    import coalora.quant.allocate as allocate_module
+
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path))
+    targets = quantizable_targets(tiny_llama())
+    table = random_table(targets)
+    solves = []
+    real_solve = allocate_module.solve_allocation
+
+    def counted(*args, **kwargs):
+        solves.append(args[3])
+        return real_solve(*args, **kwargs)
+
+    monkeypatch.setattr(allocate_module, "solve_allocation", counted)
+    first = allocate(targets, table, 3.0)
+    assert solves == [3.0] and len(list((tmp_path / "ilp").glob("*.json"))) == 1
+    again = allocate(targets, table, 3.0)
+    assert solves == [3.0] and again.to_dict() == first.to_dict()  # read back, not solved
+    allocate(targets, table, 3.5)
+    allocate(targets, table * 1.5 + torch.rand_like(table), 3.0)
+    assert solves == [3.0, 3.5, 3.0] and len(list((tmp_path / "ilp").glob("*.json"))) == 3
+    # The cached choice is what a fresh solve gives.
+    assert [first.modules[t.name].index for t in targets] == real_solve(
+        table, [t.numel for t in targets], [qc.bits for qc in ALL_OPTIONS], 3.0
+    )
+    # A damaged entry (truncated, or indices out of range) is solved again and rewritten.
+    entry = next(p for p in (tmp_path / "ilp").glob("*.json") if p.read_text() == json.dumps(
+        [first.modules[t.name].index for t in targets], indent=2) + "\n")  # fmt: skip
+    for damage in ("[1, 2", json.dumps([10_000] * len(targets))):
+        entry.write_text(damage)
+        assert allocate(targets, table, 3.0).to_dict() == first.to_dict()
+    assert solves == [3.0, 3.5, 3.0, 3.0, 3.0]

@@ -35,7 +35,8 @@ from pathlib import Path
 import yaml
 
 from ..data import BIBLE_LM_TEST_BOOKS, bible_verses, load_task
-from ..models import _cached_dir, cache_root
+from ..io import cache_root
+from ..models import _cached_dir
 from ..offline import HubUnavailableError, hub_offline, hub_offline_reason
 
 EMBEDDED_TASKS = ("bible_ppl", "bible_mc")

@@ -31,6 +31,8 @@ solved again with a slightly tighter limit.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import numbers
@@ -39,10 +41,12 @@ import sys
 import warnings
 
 import numpy as np
+import scipy
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
+from ..io import cache_root, write_json
 from .config import ALL_OPTIONS, MAX_BITS, MIN_BITS
 from .model_config import ModelQConfig
 from .targets import QuantTarget
@@ -226,6 +230,43 @@ def solve_allocation(
     return [int(option[i, j]) for i, j in enumerate(best)]
 
 
+def remembered_allocation(costs, numels, option_bits, budget: float) -> list[int]:
+    """:func:`solve_allocation`, remembered under ``$COALORA_CACHE/ilp/`` by a hash of its
+    inputs (costs, sizes, option bits, budget, solver settings and scipy's version).
+
+    A workflow solves the same ILPs in several jobs (``allocate`` writes the evaluation
+    configurations; every CoA-LoRA and Shared-LoRA training job solves its training budgets
+    again, 2-4 s each): the first solves, the rest read. A damaged entry is solved again."""
+    costs = np.ascontiguousarray(
+        costs.detach().cpu() if isinstance(costs, torch.Tensor) else costs, dtype=np.float64
+    )
+    digest = hashlib.sha256()
+    for part in (
+        costs,
+        np.asarray(numels, dtype=np.int64),
+        np.asarray(option_bits, dtype=np.float64),
+        np.asarray([budget, MIP_REL_GAP, TIME_LIMIT_S, MAX_NODES, _CORE], dtype=np.float64),
+    ):
+        digest.update(repr(part.shape).encode() + part.tobytes())
+    digest.update(scipy.__version__.encode())
+    path = cache_root() / "ilp" / f"{digest.hexdigest()[:32]}.json"
+    if path.is_file():
+        try:
+            choice = json.loads(path.read_text())
+            if (
+                isinstance(choice, list)
+                and len(choice) == costs.shape[0]
+                and all(isinstance(j, int) and 0 <= j < costs.shape[1] for j in choice)
+            ):
+                return choice
+        except ValueError:
+            pass
+        log.warning("ILP cache entry %s is damaged: solving again", path)
+    choice = solve_allocation(costs, numels, option_bits, budget)
+    write_json(path, choice)
+    return choice
+
+
 def _solve_subset(
     allowed, cost, weight, floor, budget, numels, bits, mip_rel_gap, time_limit
 ) -> np.ndarray | None:
@@ -344,7 +385,7 @@ def allocate(
             f"({len(bad)} non-finite entries, e.g. from an fp16 second-level scale above 65504)"
         )
     option_bits = [qc.bits for qc in ALL_OPTIONS]
-    choice = solve_allocation(costs, [t.numel for t in targets], option_bits, budget)
+    choice = remembered_allocation(costs, [t.numel for t in targets], option_bits, budget)
     mqc = ModelQConfig.from_list(
         targets,
         [ALL_OPTIONS[j] for j in choice],

@@ -16,7 +16,10 @@ EXPERIMENTS = list(config["experiments"])
 # venv) the Python running Snakemake (works without activating the venv); under
 # `--software-deployment-method conda` the `python` of the rule's activated environment.
 _deployment = workflow.deployment_settings
-if _deployment is not None and DeploymentMethod.CONDA in _deployment.deployment_method:
+CONDA_DEPLOYMENT = (
+    _deployment is not None and DeploymentMethod.CONDA in _deployment.deployment_method
+)
+if CONDA_DEPLOYMENT:
     COALORA = "python -m coalora.cli"
 else:
     COALORA = f"{sys.executable} -m coalora.cli"
