@@ -421,7 +421,8 @@ def main() -> int:
                             print(f"$ coalora {shlex.join(cli)}", file=sys.stderr)
                         else:  # a rerun starts from the same inputs, without this job's outputs
                             remove_outputs(cli)
-                        run = run_job(job, cli, work, args.threads, socket_path)
+                        # (cwd: not `work`, whose coalora/ output folder would shadow the editable package)
+                        run = run_job(job, cli, scratch, args.threads, socket_path)
                         for line in run.stderr:
                             if "WARNING" in line or "Warning" in line:
                                 print(f"  [{job}] {line}", file=sys.stderr)

@@ -147,6 +147,11 @@ def _transformers_without_sklearn() -> None:
     transformers.utils.is_sklearn_available = lambda: False
 
 
+# At import too: whatever imports transformers' model classes after this module (peft does,
+# through its auto classes) then skips scikit-learn as well.
+_transformers_without_sklearn()
+
+
 def list_models() -> list[ModelSpec]:
     return list(MODELS.values())
 

@@ -190,6 +190,15 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
     for figure in ("tiny-llama-lm_pareto.png", "tiny-llama-lm_pareto.svg"):
         assert (results / "figures" / figure).stat().st_size > 1000
     assert not list(results.rglob("*.tmp"))
+    # The jobs forked from the run's fork server, once it had imported (the first ones start
+    # cold meanwhile); it declined none, and it is gone with the run.
+    server_log = (results / "logs" / "fork_server.log").read_text().splitlines()
+    assert server_log[0].startswith("ready: imported in ")
+    assert not [line for line in server_log if line.startswith("declined")]
+    served = [line for line in server_log if line.startswith("served")]
+    assert len(served) >= 10 and any(" coalora train " in line for line in served)
+    socket_path = server_log[0].split("listening on ")[1]
+    assert not os.path.exists(socket_path)
 
     # The claims table: every test row has an interval and a verdict; at two seeds the
     # encoder's rows count seeds and test samples (their verdicts on tiny models may be
@@ -226,7 +235,9 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
 def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_path):
     """SIGKILL the whole run (Snakemake and its jobs) once the first evaluation is written,
     while other jobs are midway; no output it left may be half-written, and the run started
-    again (--rerun-incomplete, as the profiles set) gives the uninterrupted run's tables."""
+    again (--rerun-incomplete, as the profiles set) gives the uninterrupted run's tables.
+    The first runs fork their jobs from a fork server, the restart runs each job cold: the
+    same tables also say that the server changes no number."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path)]
     args = ["--cores", "2", "--configfile", preset("ci.yaml")]
     proc = subprocess.Popen(
@@ -254,9 +265,13 @@ def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_pa
     for ckpt in results.glob("**/checkpoint"):
         assert json.loads((ckpt / "manifest.json").read_text())["steps"] > 0
 
-    # A hard kill leaves Snakemake's lock behind: --unlock, then run again.
+    # A hard kill leaves Snakemake's lock behind: --unlock, then run again; this time every
+    # job in its own process (no fork server): the tables must not tell the two apart.
+    server_log = results / "logs" / "fork_server.log"
+    server_log.unlink()  # the killed run's
     snakemake(tmp_path, "--unlock", *args)
-    snakemake(tmp_path, *args, "--rerun-incomplete")
+    snakemake(tmp_path, *args, "--rerun-incomplete", "--config", "fork_server=False")
+    assert not server_log.exists()
     for table in ["table1.csv", *(f"tables/{t}.csv" for t in ("rank", "search", "seen_unseen"))]:
         assert read_table(results / table) == read_table(ci_run / "results-ci" / table), table
     # The claims too, but for the time ratios (measured seconds differ between runs).
