@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -303,3 +304,26 @@ def test_smollm2_converts_once_and_loads(cache):
     assert time.monotonic() - start < converted_in / 3  # a plain from_pretrained of the cache
     assert (directory / "model.safetensors").stat().st_mtime_ns == mtime
     assert weights_hash(again.model) == weights_hash(model)
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_parsing_the_gguf_once_gives_the_same_files(
+    cache, tmp_path, monkeypatch
+):
+    """The conversion memoizes transformers' GGUF parsing (models._gguf_parsed_once); the
+    directory it writes is byte for byte the one of transformers' own, unmemoized path."""
+    import gguf
+
+    real_reader = gguf.GGUFReader
+    load_model("smollm2-135m")  # converted once into the module's cache (memoized)
+    assert gguf.GGUFReader is real_reader  # restored after the conversion
+    memoized = cache / "models" / "smollm2-135m"
+
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_gguf_parsed_once", contextlib.nullcontext)
+    plain = models.smollm2_dir()
+    assert plain == tmp_path / "models" / "smollm2-135m"
+    names = sorted(p.name for p in memoized.iterdir())
+    assert names == sorted(p.name for p in plain.iterdir()) and "model.safetensors" in names
+    for name in names:
+        assert (memoized / name).read_bytes() == (plain / name).read_bytes(), name

@@ -15,6 +15,7 @@ for _exp in EXPERIMENTS:
     rule:
         name:
             f"evaluate_{_exp}"
+        priority: 1
         input:
             checkpoint=f"{RESULTS}/{_exp}/{{method}}/s{{seed}}/checkpoint",
             qconfigs=[f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in _cfgs],

@@ -4,7 +4,12 @@
 # step budget. Which rule trains a label follows from its method's `serves` trait.
 
 
+# Scheduling (`priority:`): a shared method's training job starts first, since its
+# evaluation job waits on it (and CoA-LoRA's are the longest jobs); then evaluations; the
+# per-configuration runs, which nothing else waits on, fill the cores in between and at the
+# end, so that the run does not end on one long chain with a core idle.
 rule train:
+    priority: 2
     input:
         prepared=f"{RESULTS}/{{exp}}/prepared.json",
         costs=f"{RESULTS}/{{exp}}/cost_table.safetensors",
