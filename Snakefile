@@ -50,8 +50,18 @@ rule all:
 _fork_server = []
 
 
+# A run of a few jobs (a single-rule rerun) starts none: the server's own imports (10-20 s,
+# while the first jobs start cold beside it) would cost more than they save.
+FORK_SERVER_MIN_JOBS = 5
+
+
 onstart:
-    if config.get("fork_server", True) and workflow.local_exec and not CONDA_DEPLOYMENT:
+    if (
+        config.get("fork_server", True)
+        and workflow.local_exec
+        and not CONDA_DEPLOYMENT
+        and len(workflow.dag) >= FORK_SERVER_MIN_JOBS
+    ):
         _fork_server.append(forkserver.start(log=f"{RESULTS}/logs/fork_server.log"))
 
 

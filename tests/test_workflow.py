@@ -221,7 +221,10 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
     target = str(deleted.relative_to(tmp_path))  # before --configfile, which takes nargs
     counts = job_counts(snakemake(tmp_path, target, "-n", *args).stdout)
     assert counts == {"train_per_config": 1, "total": 1}  # it trains and evaluates
+    before = (results / "logs" / "fork_server.log").read_text()
     snakemake(tmp_path, target, *args)
+    # One job: no fork server (it would start a new log), the job ran cold.
+    assert (results / "logs" / "fork_server.log").read_text() == before
     counts = job_counts(snakemake(tmp_path, "-n", *args).stdout)
     assert counts == {
         "table1": 1, "tables": 1, "claims": 1, "pareto_figure": 1, "seen_unseen_figure": 1,
