@@ -10,8 +10,6 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from coalora import forkserver
-
 min_version("9.0")
 
 
@@ -43,33 +41,14 @@ rule all:
         figure_outputs(),
 
 
-# One process imports torch, transformers and peft once; every `coalora` job of a local run
-# forks from it instead of importing them itself (7-9 s per job on a 2-core machine).
-# coalora.forkserver explains when a job still starts cold; `--config fork_server=False`
-# turns it off. Cluster jobs (SLURM) never use it: they run on their own nodes.
-_fork_server = []
-
-
-# A run of a few jobs (a single-rule rerun) starts none: the server's own imports (10-20 s,
-# while the first jobs start cold beside it) would cost more than they save.
-FORK_SERVER_MIN_JOBS = 5
-
-
+# The fork server (coalora.forkserver; workflow/rules/common.smk says when one starts).
 onstart:
-    if (
-        config.get("fork_server", True)
-        and workflow.local_exec
-        and not CONDA_DEPLOYMENT
-        and len(workflow.dag) >= FORK_SERVER_MIN_JOBS
-    ):
-        _fork_server.append(forkserver.start(log=f"{RESULTS}/logs/fork_server.log"))
+    start_fork_server()
 
 
 onsuccess:
-    for server in _fork_server:
-        forkserver.stop(*server)
+    stop_fork_server()
 
 
 onerror:
-    for server in _fork_server:
-        forkserver.stop(*server)
+    stop_fork_server()

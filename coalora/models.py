@@ -140,15 +140,13 @@ MODELS: dict[str, ModelSpec] = {
 def _transformers_without_sklearn() -> None:
     """Keep ``transformers`` from importing scikit-learn: its generation utilities import
     ``sklearn.metrics`` (about 2 s here, every job) only for assisted generation's confidence
-    threshold, which no coalora job uses. Call before the first ``transformers`` model import;
-    idempotent."""
+    threshold, which no coalora job uses. Called once, when this module is imported: before
+    anything here or after it (peft's auto classes) imports transformers' model classes."""
     import transformers.utils
 
     transformers.utils.is_sklearn_available = lambda: False
 
 
-# At import too: whatever imports transformers' model classes after this module (peft does,
-# through its auto classes) then skips scikit-learn as well.
 _transformers_without_sklearn()
 
 
@@ -247,7 +245,6 @@ def smollm2_dir() -> Path:
     stamp = {"format": _CACHE_FORMAT, "gguf": gguf.name, "bytes": gguf.stat().st_size}
 
     def convert(out: Path) -> None:
-        _transformers_without_sklearn()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         with _gguf_parsed_once():
@@ -351,7 +348,6 @@ def tiny_tokenizer_dir(name: str) -> Path:
     stamp = {"format": _CACHE_FORMAT, "tokenizer": kind, "vocab_size": TINY_VOCAB_SIZE}
 
     def build(out: Path) -> None:
-        _transformers_without_sklearn()
         from transformers import PreTrainedTokenizerFast
 
         backend, special = train([v.text for v in bible_verses()])
@@ -373,7 +369,6 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _tiny_model(name: str, tokenizer, kind: str, num_labels: int | None, seed: int):
-    _transformers_without_sklearn()
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
@@ -437,7 +432,6 @@ def _finish(model: nn.Module, tokenizer, name: str, kind: str) -> LoadedModel:
 def _from_pretrained(
     source: str | Path, name: str, kind: str, num_labels: int | None, seed: int, **kwargs
 ) -> LoadedModel:
-    _transformers_without_sklearn()
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -486,7 +480,6 @@ def load_model(
         if spec.family == "encoder" and kind == "causal-lm":
             raise ValueError(f"{spec.name} is an encoder: load it with kind='classification'")
         if spec.name in _TINY_TOKENIZERS:
-            _transformers_without_sklearn()
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(spec.name))
