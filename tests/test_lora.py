@@ -107,6 +107,50 @@ def test_mixing_follows_the_formula():
     assert (got - plain).abs().max() > 1e-2
 
 
+def _unfused_forward(layer: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+    """The adapter's formula as separate ops: product, scaling, sum (the pre-fusion path)."""
+    h = torch.nn.functional.linear(x, layer.lora_A)
+    if layer.mixing is not None:
+        h = h + torch.nn.functional.linear(h, layer.mixing)
+    return layer.base_layer(x) + torch.nn.functional.linear(h, layer.lora_B) * layer.scaling
+
+
+@pytest.mark.parametrize(
+    ("r", "alpha", "fused"), [(16, 16, True), (64, 16, True), (4, 8, True), (12, 16, False)]
+)
+@pytest.mark.parametrize("tokens", [1, 7, 64])
+def test_fused_update_gives_the_unfused_bits(r, alpha, fused, tokens):
+    """One GEMM for base + scaling * B (I + M) A x: the same bits as the separate ops, in the
+    output and in every gradient, with and without autograd (the speed path of training and
+    evaluation must not change any number)."""
+    gen = torch.Generator().manual_seed(tokens)
+    base = nn.Linear(48, 96)
+    layer = LoraLinear(base, r=r, alpha=alpha, generator=gen)
+    assert layer._fuses_update is fused
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen))
+    x0 = torch.randn(3, tokens, 48, generator=gen)
+    grad_out = torch.randn(3, tokens, 96, generator=gen)
+    for mixing0 in (None, torch.randn(r, r, generator=gen) * 0.3):
+        runs = []
+        for forward in (layer, lambda x: _unfused_forward(layer, x)):
+            x = x0.clone().requires_grad_()
+            mixing = None if mixing0 is None else mixing0.clone().requires_grad_()
+            layer.set_mixing(mixing)
+            layer.zero_grad()
+            out = forward(x)
+            out.backward(grad_out)
+            with torch.no_grad():
+                inference = forward(x0)
+            grads = [x.grad, layer.lora_A.grad, layer.lora_B.grad]
+            grads += [] if mixing is None else [mixing.grad]
+            runs.append([out.detach(), inference, *[g.clone() for g in grads]])
+        for got, expected in zip(*runs, strict=True):
+            assert torch.equal(got, expected)
+        # The in-place path must not touch anything but the base layer's fresh output.
+        assert torch.equal(runs[0][1], runs[0][0])
+
+
 def test_gradient_reaches_factors_and_mixing_not_base():
     torch.manual_seed(0)
     layer = LoraLinear(nn.Linear(6, 5), r=3, alpha=3, generator=torch.Generator().manual_seed(0))
