@@ -235,6 +235,30 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
 
 
 @pytest.mark.slow
+def test_run_floor_counts_every_train_and_eval_job_once(ci_run):
+    """benchmarks/run_floor.py on the CI run: one row per experiment, a job per benchmark
+    file, and engine seconds (timed inside the jobs) that cannot exceed the jobs' seconds."""
+    results = ci_run / "results-ci"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "run_floor.py"), str(results), "--wall", "60"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    text = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    rows = {
+        m.group(1): [float(x) for x in m.groups()[1:]]
+        for m in re.finditer(
+            r"^(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", text, re.M
+        )
+    }
+    assert set(rows) == {"tiny-bert-testament", "tiny-llama-lm", "total"}, text
+    jobs, job_s, train, evaluate, engine = rows["total"]
+    assert jobs == len(list((results / "benchmarks").rglob("*.tsv")))
+    assert train > 0 and evaluate > 0 and engine == pytest.approx(train + evaluate, abs=0.2)
+    for name, (_, job_s, *_, engine) in rows.items():
+        assert 0 < engine <= job_s, name
+    floor = re.search(r"engine seconds / 2 = (\d+) s", text)
+    assert floor and abs(int(floor.group(1)) - engine / 2) <= 1, text
+
+
+@pytest.mark.slow
 def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_path):
     """SIGKILL the whole run (Snakemake and its jobs) once the first evaluation is written,
     while other jobs are midway; no output it left may be half-written, and the run started
