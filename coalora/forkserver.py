@@ -66,11 +66,16 @@ LATE_READ = frozenset(
         # The terminal's size: read when text is wrapped (shutil.get_terminal_size).
         "COLUMNS",
         "LINES",
-        # Set by shells, read by nothing here.
+        # Set by shells, read by nothing here. The prompts: a non-interactive bash (which runs
+        # every Snakemake job) unsets PS1 and PS2 and resets PS4, so a run started from a
+        # shell with an activated virtual environment (which exports PS1) would serve nothing.
         "_",
         "OLDPWD",
         "PWD",
         "SHLVL",
+        "PS1",
+        "PS2",
+        "PS4",
     }
 )
 

@@ -3,6 +3,7 @@ same command run cold; a call it cannot serve exactly runs cold; a served comman
 when its caller does."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from coalora import forkserver
 
 COALORA = [sys.executable, "-m", "coalora.cli"]
 PYTEST_VARIABLE = "PYTEST_CURRENT_TEST"
+PROMPTS = {"PS1": "(.venv) $ ", "PS2": "> ", "PS4": "++ "}
 
 
 def caller_env(server_path=None, **env):
@@ -31,11 +33,20 @@ def server(tmp_path_factory):
     # pytest names the running test in the environment: the server and its callers leave
     # that variable out (it differs from test to test, and the server declines a change).
     current = os.environ.pop(PYTEST_VARIABLE, None)
+    # Exported prompts, as in a shell with an activated virtual environment: the jobs' bash
+    # drops them (test_a_call_through_a_non_interactive_shell_is_served).
+    prompts = {name: os.environ.get(name) for name in PROMPTS}
+    os.environ.update(PROMPTS)
     try:
         process, path, _ = forkserver.start(log=str(log))
     finally:
         if current is not None:
             os.environ[PYTEST_VARIABLE] = current
+        for name, value in prompts.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     try:
         deadline = time.monotonic() + 180
         while not os.path.exists(path):
@@ -90,6 +101,18 @@ def test_a_served_command_works_in_the_callers_directory_with_its_threads(server
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / out).exists() and "wrote prepared.json" in proc.stdout
     assert served_lines(log)[-1].endswith(" ".join(args))
+
+
+def test_a_call_through_a_non_interactive_shell_is_served(server):
+    """Snakemake runs each job's command with ``bash -c``, which unsets PS1 and PS2 and resets
+    PS4: a server started with exported prompts serves those jobs all the same."""
+    path, log = server
+    env = caller_env(path, **PROMPTS)
+    command = " ".join(shlex.quote(part) for part in [*COALORA, "models"])
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "tiny-bert" in proc.stdout, proc.stderr
+    last = log.read_text().splitlines()[-1]
+    assert last.startswith("served") and last.endswith(" models"), last
 
 
 def test_a_call_with_another_environment_runs_cold(server):
