@@ -2,21 +2,22 @@
 
 Reads a finished results directory (default ``results``) and prints, per experiment:
 
-- **job seconds**: the wall seconds of the training and evaluation jobs, from Snakemake's
-  ``benchmark:`` files (``results/benchmarks/...``), set-up included. The other jobs (prepare,
-  cost-table, allocate, reports) have no benchmark file and are not counted;
+- **job seconds**: every job's wall seconds, from Snakemake's ``benchmark:`` files
+  (``results/benchmarks/``, one beside each job's log), set-up included; those of the
+  training and evaluation jobs apart from the others (prepare, cost tables, allocation,
+  figures; the tables and claims of all experiments have a row of their own);
 - **engine seconds**: what the engines themselves timed around the work the numbers need:
   the training engine's ``train_seconds`` (every checkpoint's manifest: optimizer steps and
   search rounds) plus the evaluation driver's ``setup_seconds`` and ``eval_seconds`` (every
-  evaluation record: switching to a configuration and the forward passes);
-- their share: what set-up, model loading and writing cost beyond the engines.
+  evaluation record: switching to a configuration and the forward passes).
 
 The floor: on ``--cores`` cores no schedule finishes these engines' work sooner than
 engine seconds / cores, at the arithmetic speed they ran at. Lowering it needs less work
 (fewer steps, examples or configurations: a preset's decision) or faster arithmetic. With
-``--wall`` (the run's measured wall seconds) the run is set against its floor.
+``--wall`` (the run's measured wall seconds) the run is set against its floor, and the jobs'
+seconds against the cores' time.
 
-    python benchmarks/run_floor.py results --cores 2 --wall 867
+    python benchmarks/run_floor.py results --cores 2 --wall 840
 """
 
 from __future__ import annotations
@@ -35,17 +36,24 @@ from coalora.evaluate.results import read_result  # noqa: E402
 from coalora.io import read_json  # noqa: E402
 from coalora.train import MANIFEST  # noqa: E402
 
+REPORTS = "(tables, claims)"  # the jobs of all experiments together, under benchmarks/
 
-def job_seconds(results: Path) -> dict[str, list[float]]:
-    """Wall seconds of each benchmarked job, by experiment (the first folder under
-    ``benchmarks/``)."""
-    jobs = defaultdict(list)
+
+def job_seconds(results: Path) -> dict[str, dict[str, list[float]]]:
+    """Wall seconds of each job, by experiment (the folder under ``benchmarks/``; REPORTS for
+    files directly in it) and kind ("engine": training and evaluation jobs; "other")."""
+    jobs = defaultdict(lambda: {"engine": [], "other": []})
     for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
         with tsv.open() as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if not rows or "s" not in rows[0]:
             raise SystemExit(f"run_floor.py: {tsv} is not a Snakemake benchmark file")
-        jobs[tsv.relative_to(results / "benchmarks").parts[0]].append(float(rows[0]["s"]))
+        parts = tsv.relative_to(results / "benchmarks").parts
+        experiment = parts[0] if len(parts) > 1 else REPORTS
+        kind = (
+            "engine" if tsv.stem in ("train", "eval") or tsv.stem.startswith("train-") else "other"
+        )
+        jobs[experiment][kind].append(float(rows[0]["s"]))
     return jobs
 
 
@@ -83,41 +91,51 @@ def main() -> None:
 def report(results: Path, cores: int, wall: float | None) -> None:
     jobs = job_seconds(results)
     header = (
-        f"{'experiment':<24} {'jobs':>5} {'job s':>8} {'train s':>8} {'eval s':>8} "
-        f"{'engine s':>9} {'engine/job':>11}"
+        f"{'experiment':<22} {'jobs':>5} {'job s':>8} {'train+eval jobs s':>18} "
+        f"{'train s':>8} {'eval s':>8} {'engine s':>9} {'engine/job':>11}"
     )
-    print(f"run floor of {results}: train and evaluation jobs (benchmark files)")
+    print(f"run floor of {results}: every job's benchmark file, and the engines' own seconds")
     print(header)
     print("-" * len(header))
-    totals = [0, 0.0, 0.0, 0.0]
-    for experiment, seconds in sorted(jobs.items()):
-        train, evaluate = engine_seconds(results, experiment)
-        row = [len(seconds), sum(seconds), train, evaluate]
+    totals = [0, 0.0, 0.0, 0.0, 0.0]
+    for experiment, kinds in sorted(jobs.items(), key=lambda item: item[0] == REPORTS):
+        train, evaluate = (
+            (0.0, 0.0) if experiment == REPORTS else engine_seconds(results, experiment)
+        )
+        count = len(kinds["engine"]) + len(kinds["other"])
+        row = [
+            count,
+            sum(kinds["engine"]) + sum(kinds["other"]),
+            sum(kinds["engine"]),
+            train,
+            evaluate,
+        ]
         totals = [a + b for a, b in zip(totals, row, strict=True)]
         print(_row(experiment, *row))
     print("-" * len(header))
     print(_row("total", *totals))
-    engine = totals[2] + totals[3]
+    engine = totals[3] + totals[4]
     floor = engine / cores
     print(
         f"\nfloor on {cores} core(s): engine seconds / {cores} = {floor:.0f} s "
-        f"({floor / 60:.1f} min), before the unbenchmarked jobs (prepare, cost-table, "
-        "allocate, reports) and Snakemake's own time"
+        f"({floor / 60:.1f} min); all jobs' seconds / {cores} = {totals[1] / cores:.0f} s"
     )
     if wall:
         print(
-            f"the run's wall {wall:.0f} s ({wall / 60:.1f} min) = "
-            f"{wall / floor:.2f} x the floor; the benchmarked jobs alone filled "
-            f"{totals[1] / (cores * wall):.0%} of the cores' time"
+            f"the run's wall {wall:.0f} s ({wall / 60:.1f} min) = {wall / floor:.2f} x the "
+            f"floor; its jobs filled {totals[1] / (cores * wall):.0%} of the cores' time "
+            "(the rest: Snakemake's own time and idle cores)"
         )
 
 
-def _row(name: str, jobs: int, job_s: float, train: float, evaluate: float) -> str:
+def _row(
+    name: str, jobs: int, job_s: float, engine_jobs_s: float, train: float, evaluate: float
+) -> str:
     engine = train + evaluate
     share = f"{engine / job_s:.0%}" if job_s else "-"
     return (
-        f"{name:<24} {jobs:>5} {job_s:>8.1f} {train:>8.1f} {evaluate:>8.1f} "
-        f"{engine:>9.1f} {share:>11}"
+        f"{name:<22} {jobs:>5} {job_s:>8.1f} {engine_jobs_s:>18.1f} {train:>8.1f} "
+        f"{evaluate:>8.1f} {engine:>9.1f} {share:>11}"
     )
 
 

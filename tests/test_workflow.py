@@ -235,25 +235,34 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
 
 
 @pytest.mark.slow
-def test_run_floor_counts_every_train_and_eval_job_once(ci_run):
-    """benchmarks/run_floor.py on the CI run: one row per experiment, a job per benchmark
-    file, and engine seconds (timed inside the jobs) that cannot exceed the jobs' seconds."""
+def test_run_floor_counts_every_job_once(ci_run):
+    """Every job leaves a benchmark file beside its log, and benchmarks/run_floor.py on the CI
+    run counts each once: a row per experiment and one for the tables and claims, engine
+    seconds (timed inside the training and evaluation jobs) within those jobs' seconds."""
     results = ci_run / "results-ci"
+    logs = {
+        p.relative_to(results / "logs").with_suffix("") for p in (results / "logs").rglob("*.log")
+    }
+    logs.discard(Path("fork_server"))
+    tsvs = list((results / "benchmarks").rglob("*.tsv"))
+    assert {p.relative_to(results / "benchmarks").with_suffix("") for p in tsvs} == logs
     cmd = [sys.executable, str(REPO / "benchmarks" / "run_floor.py"), str(results), "--wall", "60"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     text = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    number = r"\s+([\d.]+)"
     rows = {
-        m.group(1): [float(x) for x in m.groups()[1:]]
-        for m in re.finditer(
-            r"^(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", text, re.M
-        )
+        m.group(1).strip(): [float(x) for x in m.groups()[1:]]
+        for m in re.finditer(rf"^(\S+|\(tables, claims\)){number * 6}\s+(?:\d+%|-)$", text, re.M)
     }
-    assert set(rows) == {"tiny-bert-testament", "tiny-llama-lm", "total"}, text
-    jobs, job_s, train, evaluate, engine = rows["total"]
-    assert jobs == len(list((results / "benchmarks").rglob("*.tsv")))
+    assert set(rows) == {"tiny-bert-testament", "tiny-llama-lm", "(tables, claims)", "total"}, text
+    jobs, job_s, engine_jobs_s, train, evaluate, engine = rows.pop("total")
+    assert jobs == len(tsvs)
+    assert job_s == pytest.approx(sum(r[1] for r in rows.values()), abs=0.3)
     assert train > 0 and evaluate > 0 and engine == pytest.approx(train + evaluate, abs=0.2)
-    for name, (_, job_s, *_, engine) in rows.items():
-        assert 0 < engine <= job_s, name
+    reports = rows.pop("(tables, claims)")
+    assert reports[0] >= 3 and reports[1] > 0 and reports[5] == 0  # table1, tables, claims
+    for name, (_, job_s, engine_jobs_s, *_, engine) in rows.items():
+        assert 0 < engine <= engine_jobs_s < job_s, name  # prepare etc. are the difference
     floor = re.search(r"engine seconds / 2 = (\d+) s", text)
     assert floor and abs(int(floor.group(1)) - engine / 2) <= 1, text
 

@@ -8,6 +8,8 @@ rule prepare:
         cli=COALORA,
         model=lambda w: exp_conf(w.exp)["model"],
         task=lambda w: exp_conf(w.exp)["task"],
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/prepare.tsv",
     log:
         f"{RESULTS}/logs/{{exp}}/prepare.log",
     conda:
@@ -28,6 +30,8 @@ rule cost_table:
         quantizer=lambda w: quantizer_of(w.exp),
         extra=lambda w: cost_table_flags(w.exp),
         seed=lambda w: artifact_seed(w.exp),
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/cost_table.tsv",
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table.log",
     conda:
@@ -51,6 +55,8 @@ rule cost_table_lowrank:
         extra=lambda w: cost_table_flags(w.exp),
         rank=lambda w: lora_rank(w.exp),
         seed=lambda w: artifact_seed(w.exp),
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/cost_table-lowrank.tsv",
     log:
         f"{RESULTS}/logs/{{exp}}/cost_table-lowrank.log",
     conda:
@@ -79,6 +85,8 @@ for _exp in EXPERIMENTS:
             budgets=" ".join(str(cfg_budget(cfg)) for cfg in all_cfgs(_exp)),
             names=" ".join(all_cfgs(_exp)),
             out_dir=lambda w, output: os.path.dirname(output[0]),
+        benchmark:
+            f"{RESULTS}/benchmarks/{_exp}/allocate.tsv",
         log:
             f"{RESULTS}/logs/{_exp}/allocate.log",
         conda:
@@ -106,6 +114,8 @@ for _exp in EXPERIMENTS:
                 names=" ".join(cfgs_for(_exp, _method)),
                 out_dir=lambda w, output: os.path.dirname(output[0]),
                 rank=lora_rank(_exp),
+            benchmark:
+                f"{RESULTS}/benchmarks/{_exp}/allocate-{_method}.tsv",
             log:
                 f"{RESULTS}/logs/{_exp}/allocate-{_method}.log",
             conda:

@@ -14,6 +14,8 @@ rule table1:
     params:
         cli=COALORA,
         reference=config["reference_method"],
+    benchmark:
+        f"{RESULTS}/benchmarks/table1.tsv",
     log:
         f"{RESULTS}/logs/table1.log",
     conda:
@@ -37,6 +39,8 @@ rule claims:
         md=f"{RESULTS}/claims.md",
     params:
         cli=COALORA,
+    benchmark:
+        f"{RESULTS}/benchmarks/claims.tsv",
     log:
         f"{RESULTS}/logs/claims.log",
     conda:
@@ -57,6 +61,8 @@ rule pareto_figure:
         svg=f"{RESULTS}/figures/{{exp}}_pareto.svg",
     params:
         cli=COALORA,
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/figure.tsv",
     log:
         f"{RESULTS}/logs/{{exp}}/figure.log",
     conda:
@@ -85,6 +91,8 @@ rule tables:
         cli=COALORA,
         reference=config["reference_method"],
         out_dir=lambda w, output: os.path.dirname(output.csv[0]),
+    benchmark:
+        f"{RESULTS}/benchmarks/tables.tsv",
     log:
         f"{RESULTS}/logs/tables.log",
     conda:
@@ -106,6 +114,8 @@ rule seen_unseen_figure:
         svg=f"{RESULTS}/figures/{{exp}}_seen_unseen.svg",
     params:
         cli=COALORA,
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/figure-seen-unseen.tsv",
     log:
         f"{RESULTS}/logs/{{exp}}/figure-seen-unseen.log",
     conda:
@@ -127,6 +137,8 @@ rule search_ablation_figure:
         svg=f"{RESULTS}/figures/{{exp}}_search_ablation.svg",
     params:
         cli=COALORA,
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/figure-search-ablation.tsv",
     log:
         f"{RESULTS}/logs/{{exp}}/figure-search-ablation.log",
     conda:
