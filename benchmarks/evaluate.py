@@ -147,9 +147,9 @@ def forward_table(work: Path) -> float:
     from coalora.evaluate import EvalSettings, Trained, evaluate_configs
 
     # The driver's own task loading (the same stratified limit) and measure (the same
-    # batches, tokenized once): private to coalora.evaluate.run, used here to time only the
-    # forward passes of the very evaluation the driver ran.
-    from coalora.evaluate.run import TaskMeasure, _load_eval_task
+    # batches, tokenized once), used here to time only the forward passes of the very
+    # evaluation the driver ran.
+    from coalora.evaluate.measure import TaskMeasure, load_eval_task
     from coalora.models import load_model
     from coalora.quant import ModelQConfig, QuantConfig, quantizable_targets
 
@@ -171,7 +171,7 @@ def forward_table(work: Path) -> float:
         # Each configuration twice: the first pass warms the kernels for its shapes (as the
         # forward-only pass below would otherwise get for free); the second is compared.
         records = evaluate_configs(source, paths + paths, None, None, settings)[len(paths) :]
-        task_data = _load_eval_task(task, settings)
+        task_data = load_eval_task(task, settings)
         measure = TaskMeasure(source.loaded, task_data, settings, settings.max_length or 64)
         for path, record in zip(paths, records, strict=True):
             mqc = ModelQConfig.load(path, source.qbase.targets)

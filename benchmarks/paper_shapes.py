@@ -33,7 +33,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import torch  # noqa: E402
 
 from coalora.budgets import AllocationSpec  # noqa: E402
-from coalora.evaluate.run import EvalSettings, Trained, evaluate_configs  # noqa: E402
+from coalora.evaluate import EvalSettings, Trained, evaluate_configs  # noqa: E402
 from coalora.models import tiny_tokenizer_dir  # noqa: E402
 from coalora.runner import run_training  # noqa: E402
 from coalora.train import TrainSettings  # noqa: E402

@@ -1,0 +1,119 @@
+"""Evaluating configurations: one model loaded once, many configurations, one results file each.
+
+One driver, ``evaluate_configs(source, configs, ...)``, serves every kind of row. A
+``ModelSource`` (``sources.py``: ``Trained``, ``BareBase``) is where "the model under
+configuration C" comes from, and what it says about itself in the records.
+
+The driver loads the source and the task once, resolves the configurations (budgets,
+qconfig files, ``ModelQConfig`` objects; ``configs.py``), then per configuration asks the
+source for the model (timed as set-up), measures it (timed as evaluation; ``measure.py``),
+builds the record with ``make_record`` (``records.py``) and writes it atomically as soon as it
+is measured. The one-time loading is recorded as ``protocol.load_seconds``.
+
+The command-line entry points (``coalora evaluate``, ``coalora train --evaluate-out``;
+``run.py``) only turn flags into a source, configurations and output paths for the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..budgets import DEFAULT_ALLOCATION, AllocationSpec
+from ..data import TaskData
+from .configs import TRAINED, resolve_configs
+from .measure import DEFAULT_MAX_LENGTH, EvalSettings, TaskMeasure
+from .records import make_record
+from .results import write_result
+from .sources import ModelSource
+
+
+def evaluate_configs(
+    source: ModelSource,
+    configs: Sequence,
+    task: str | None = None,
+    out_paths: Sequence[str | os.PathLike] | None = None,
+    settings: EvalSettings | None = None,
+    allocation: AllocationSpec = DEFAULT_ALLOCATION,
+) -> list[dict]:
+    """Evaluate ``source``'s model under many configurations in one process.
+
+    ``configs`` items are ``ModelQConfig`` objects, budgets (floats: the ILP configuration,
+    under ``allocation`` with the source's quantizer), qconfig JSON paths, ``TRAINED`` (the
+    configuration a method fixed for itself) or ``None`` (full precision: ``BareBase``, or a
+    method that serves full precision);
+    see ``resolve_configs``. ``task`` defaults to the source's own (a checkpoint's task).
+    Each result is written to its ``out_paths`` entry (atomically) as soon as it is
+    measured; all are returned."""
+    if not isinstance(source, ModelSource):
+        raise TypeError(
+            f"evaluate_configs takes a ModelSource (Trained(checkpoint), BareBase(model)), "
+            f"got {source!r}"
+        )
+    settings = settings or EvalSettings()
+    paths = _check_out_paths(out_paths, len(configs))
+    started = time.perf_counter()
+    task_data = source.load(task, settings)
+    allocation = dataclasses.replace(allocation, quantizer=source.quantizer)
+    mqcs = resolve_configs(configs, source.loaded, source.qbase, allocation)
+    mqcs = [source.own_configuration() if m is TRAINED else m for m in mqcs]
+    source.check(mqcs)
+    max_length = settings.max_length or source.max_length or DEFAULT_MAX_LENGTH
+    measure = TaskMeasure(source.loaded, task_data, settings, max_length)
+    load_seconds = time.perf_counter() - started
+
+    records = []
+    for mqc, path in zip(mqcs, paths, strict=True):
+        clock = time.perf_counter()
+        model = source.prepare(mqc)
+        setup = time.perf_counter() - clock
+        clock = time.perf_counter()
+        metrics, protocol, per_example = measure.measure(model)
+        evaluation = time.perf_counter() - clock
+        protocol.update(_common_protocol(task_data, source.loaded, load_seconds, len(mqcs)))
+        protocol["eval_settings"] = asdict(settings)
+        protocol.update(source.protocol)
+        record = make_record(
+            task=task_data.spec.name,
+            mqc=mqc,
+            metrics=metrics,
+            per_example=per_example,
+            primary=measure.primary_metric,
+            protocol=protocol,
+            setup_seconds=setup,
+            eval_seconds=evaluation,
+            **source.provenance(mqc),
+        )
+        if path is not None:
+            write_result(path, record)
+        records.append(record)
+    return records
+
+
+def _check_out_paths(out_paths, n: int) -> list[Path | None]:
+    if out_paths is None:
+        return [None] * n
+    paths = [Path(p) for p in out_paths]
+    if len(paths) != n:
+        raise ValueError(f"{len(paths)} output paths for {n} configurations")
+    if len(set(paths)) != len(paths):
+        raise ValueError("two configurations would write the same output file")
+    return paths
+
+
+def _common_protocol(task: TaskData, loaded, load_seconds: float, n_configs: int) -> dict:
+    param = next(loaded.model.parameters())
+    return {
+        "task_source": task.spec.source,
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "device": str(param.device),
+        "threads": torch.get_num_threads(),
+        "load_seconds": load_seconds,
+        "configs_in_process": n_configs,
+    }
