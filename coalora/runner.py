@@ -20,6 +20,7 @@ from . import __version__
 from .budgets import DEFAULT_ALLOCATION, AllocationSpec, configs_for_budgets
 from .data import load_task, make_batches
 from .io import read_json, write_json
+from .machine import machine_info
 from .methods import get_method
 from .models import load_model, weights_hash
 from .quant import ModelQConfig, QuantizedBase, quantizable_targets
@@ -137,7 +138,8 @@ def run_training(
     kind = model_kind(task_data.spec.kind)
     loaded = load_model(model, kind=kind, num_labels=task_data.spec.num_labels, seed=settings.seed)
     base_hash = weights_hash(loaded.model)
-    loaded.model.to(resolve_device(settings.device))
+    device = resolve_device(settings.device)
+    loaded.model.to(device)
     qbase = QuantizedBase(loaded.model)
     allocation = dataclasses.replace(
         allocation,
@@ -191,6 +193,7 @@ def run_training(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "code_version": __version__,
         "packages": package_versions(),
+        "machine": machine_info(device),
     }
     extra = {TRAIN_CONFIGS_FILE: [m.to_dict() for m in runner.train_configs]}
     if result.epoch_logs:

@@ -32,7 +32,8 @@ from coalora.evaluate.lm_eval_tasks import (
     bible_mc_records,
     embedded_tasks_dir,
 )
-from coalora.evaluate.results import FIELDS
+from coalora.evaluate.results import FIELDS, MACHINE_FIELDS
+from coalora.machine import machine_info
 from coalora.models import HubUnavailableError, load_model
 from coalora.quant import ModelQConfig, QuantConfig, quantizable_targets
 
@@ -438,6 +439,45 @@ def test_reader_rejects_wrong_values(valid_record, tmp_path):
     ]:
         path.write_text(json.dumps({**valid_record, **change}))
         with pytest.raises(ValueError, match=field):
+            read_result(path)
+
+
+def test_records_and_manifests_name_the_machine(valid_record, checkpoint):
+    machine = valid_record["machine"]
+    assert list(machine) == list(MACHINE_FIELDS)
+    assert machine == machine_info(valid_record["protocol"]["device"])
+    assert all(isinstance(machine[k], str) for k in ("cpu", "arch", "blas"))
+    assert isinstance(machine["isa"], list) and all(isinstance(x, str) for x in machine["isa"])
+    assert isinstance(machine["torch_threads"], int)
+    assert machine["torch_threads"] == valid_record["protocol"]["threads"]
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert manifest["machine"] == machine_info("cpu")  # the fixture trains on the CPU
+
+
+def test_a_record_without_a_machine_still_reads(valid_record, tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({k: v for k, v in valid_record.items() if k != "machine"}))
+    assert "machine" not in read_result(path)
+    assert read_results([path])["machine"].tolist() == [None]  # unknown
+    assert read_results([path, write_result(tmp_path / "new.json", valid_record)])[
+        "machine"
+    ].tolist() == [None, valid_record["machine"]]
+
+
+def test_reader_rejects_a_malformed_machine(valid_record, tmp_path):
+    path = tmp_path / "bad.json"
+    machine = valid_record["machine"]
+    for change, message in [
+        ("x86", "field 'machine' must be an object"),
+        ({**machine, "isa": ["avx512f", "avx2"]}, "field 'machine.isa' must be a sorted list"),
+        ({**machine, "isa": ["avx9000"]}, "field 'machine.isa' must be"),
+        ({**machine, "torch_threads": "2"}, "field 'machine.torch_threads' must be"),
+        ({**machine, "gpu": 1}, "field 'machine.gpu' must be a string or null"),
+        ({k: v for k, v in machine.items() if k != "blas"}, "missing field 'machine.blas'"),
+        ({**machine, "ram": 1}, "unknown field.*'machine.ram'"),
+    ]:
+        path.write_text(json.dumps({**valid_record, "machine": change}))
+        with pytest.raises(ValueError, match=rf"{path}: {message}"):
             read_result(path)
 
 

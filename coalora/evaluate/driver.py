@@ -88,6 +88,7 @@ def evaluate_configs(
             protocol=protocol,
             setup_seconds=setup,
             eval_seconds=evaluation,
+            device=protocol["device"],
             **source.provenance(mqc),
         )
         if path is not None:

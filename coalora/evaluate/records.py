@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import PackageNotFoundError, version
 
+from ..machine import machine_info
 from ..quant import ModelQConfig
 from ..runner import package_versions
 from .results import FULL_PRECISION, SCHEMA, code_version, qconfig_hash, validate_result
@@ -44,8 +45,10 @@ def make_record(
     train_steps: int | None,
     setup_seconds: float,
     eval_seconds: float,
+    device: str,
 ) -> dict:
-    """A schema-checked results record (``coalora.evaluate.results``)."""
+    """A schema-checked results record (``coalora.evaluate.results``) of an evaluation on
+    ``device`` (the model's; its machine is recorded)."""
     record = {
         "schema": SCHEMA,
         "model": model,
@@ -74,6 +77,7 @@ def make_record(
         "eval_seconds": float(eval_seconds),
         "packages": record_packages(),
         "code_version": code_version(),
+        "machine": machine_info(device),
     }
     # What a reader will get back from the file (tuples become lists, and so on).
     return validate_result(json.loads(json.dumps(record)))

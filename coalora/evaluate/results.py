@@ -16,13 +16,25 @@ written and when it is read. Schema ``coalora.evaluation/2``::
      "hashes": {"qconfig": sha256, "base_weights": sha256, "checkpoint": sha256 | null},
      "seed": int, "train_seconds": float | null, "train_steps": int | null,
      "setup_seconds": float, "eval_seconds": float,
-     "packages": {...}, "code_version": str}
+     "packages": {...}, "code_version": str,
+     "machine": {...}}              # optional (older records lack it): see below
 
 ``per_example`` keeps what the claims' intervals resample (``coalora.stats``), compactly:
 classification ``{"predictions": "0110...", "labels": "0100..."}`` (one digit per test
 example, in the test split's order, so records of one task pair example by example);
 language modelling ``{"window_nll": [float, ...]}`` (mean token NLL of each perplexity
 window, in order; every window has the same length). ``null`` where there are none.
+
+``machine`` says where the numbers were measured (``coalora.machine.machine_info``)::
+
+    {"cpu": str, "arch": str,       # CPU model name; platform.machine()
+     "isa": [str, ...],             # sorted subset of coalora.machine.KERNEL_ISA in the CPU flags
+     "onednn_max_cpu_isa": str | null,   # $ONEDNN_MAX_CPU_ISA (caps oneDNN's kernels)
+     "torch_threads": int, "blas": str,  # torch.get_num_threads(); torch's BLAS backend
+     "gpu": str | null, "cuda": str | null}  # device name and CUDA version on a CUDA device
+
+A record without it (written before it existed) still validates; its machine is unknown
+(``read_results`` gives ``None``).
 
 ``read_result`` rejects a file that lacks a field, has an unknown one or a wrongly typed value,
 with a one-line ``ValueError`` naming the file and the field. ``read_results`` gives a pandas
@@ -42,6 +54,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..io import read_json, write_json
+from ..machine import KERNEL_ISA
 
 SCHEMA = "coalora.evaluation/2"
 QUANTIZERS = ("nf", "int", "none")
@@ -86,6 +99,14 @@ def _is_per_example(value) -> bool:
     return False
 
 
+def _is_isa_list(value) -> bool:
+    return (
+        isinstance(value, list)
+        and all(isinstance(x, str) and x in KERNEL_ISA for x in value)
+        and value == sorted(set(value))
+    )
+
+
 def _is_sha256(value) -> bool:
     return (
         isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
@@ -124,6 +145,20 @@ FIELDS: dict[str, tuple] = {
     "packages": (_is_dict, "an object"),
     "code_version": (_is_str, "a string"),
 }
+# Fields a record may lack (records written before they existed still read).
+OPTIONAL_FIELDS: dict[str, tuple] = {
+    "machine": (_is_dict, "an object"),
+}
+MACHINE_FIELDS: dict[str, tuple] = {
+    "cpu": (_is_str, "a string"),
+    "arch": (_is_str, "a string"),
+    "isa": (_is_isa_list, f"a sorted list of distinct names among {', '.join(KERNEL_ISA)}"),
+    "onednn_max_cpu_isa": (_nullable(_is_str), "a string or null"),
+    "torch_threads": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "blas": (_is_str, "a string"),
+    "gpu": (_nullable(_is_str), "a string or null"),
+    "cuda": (_nullable(_is_str), "a string or null"),
+}
 HASH_FIELDS: dict[str, tuple] = {
     "qconfig": (_is_sha256, "a sha256 hex digest"),
     "base_weights": (_is_sha256, "a sha256 hex digest"),
@@ -135,16 +170,9 @@ def validate_result(record: dict, source: str = "evaluation result") -> dict:
     """Return ``record`` unchanged if it follows the schema; else a one-line ``ValueError``."""
     if not isinstance(record, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(record).__name__}")
-    for name, (check, expected) in FIELDS.items():
-        if name not in record:
-            raise ValueError(f"{source}: missing field {name!r}")
-        if not check(record[name]):
-            got = repr(record[name])
-            got = got if len(got) <= 80 else got[:77] + "..."
-            raise ValueError(f"{source}: field {name!r} must be {expected}, got {got}")
-    unknown = sorted(set(record) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))}")
+    _check_fields(record, FIELDS, OPTIONAL_FIELDS, source)
+    if "machine" in record:
+        _check_fields(record["machine"], MACHINE_FIELDS, {}, source, "machine.")
     for name, (check, expected) in HASH_FIELDS.items():
         if name not in record["hashes"]:
             raise ValueError(f"{source}: missing field 'hashes.{name}'")
@@ -156,6 +184,25 @@ def validate_result(record: dict, source: str = "evaluation result") -> dict:
             f"({', '.join(record['metrics']) or 'none'})"
         )
     return record
+
+
+def _check_fields(
+    data: dict, required: dict, optional: dict, source: str, prefix: str = ""
+) -> None:
+    """One-line ``ValueError`` for a missing, wrongly typed or unknown field of ``data``."""
+    for name, (check, expected) in {**required, **optional}.items():
+        if name not in data:
+            if name in optional:
+                continue
+            raise ValueError(f"{source}: missing field {prefix + name!r}")
+        if not check(data[name]):
+            got = repr(data[name])
+            got = got if len(got) <= 80 else got[:77] + "..."
+            raise ValueError(f"{source}: field {prefix + name!r} must be {expected}, got {got}")
+    unknown = sorted(set(data) - set(required) - set(optional))
+    if unknown:
+        names = ", ".join(repr(prefix + name) for name in unknown)
+        raise ValueError(f"{source}: unknown field(s) {names}")
 
 
 def write_result(path: str | os.PathLike, record: dict) -> Path:
@@ -172,14 +219,15 @@ def read_result(path: str | os.PathLike) -> dict:
 
 def read_results(paths: Iterable[str | os.PathLike]):
     """One DataFrame row per results file: scalar fields, ``metrics.<name>``, ``hashes.<name>``,
-    ``primary_value`` (the primary metric's value), ``path``; ``protocol`` and ``packages`` stay
-    dict-valued columns."""
+    ``primary_value`` (the primary metric's value), ``path``; ``protocol``, ``packages`` and
+    ``machine`` (``None`` for a record without one) stay dict-valued columns."""
     import pandas as pd
 
     rows = []
     for path in paths:
         record = read_result(path)
         row = {k: v for k, v in record.items() if k not in ("metrics", "hashes")}
+        row.setdefault("machine", None)
         row.update({f"metrics.{k}": v for k, v in record["metrics"].items()})
         row.update({f"hashes.{k}": v for k, v in record["hashes"].items()})
         row["primary_value"] = record["metrics"][record["primary_metric"]]
