@@ -34,18 +34,8 @@ from .io import atomic_path
 CLAIMS_FILE_NAME = "claims.csv"  # the workflow's claims table, in the results directory
 TEST_KEY = ["test", "model", "task", "quantizer", "comparison"]
 # The claims.csv columns this module reads (others may come and go).
-CLAIM_FIELDS = [
-    "claim",
-    *TEST_KEY,
-    "statistic",
-    "unit",
-    "effect",
-    "low",
-    "high",
-    "verdict",
-    "noise",
-]
 NUMERIC_FIELDS = ["effect", "low", "high"]
+CLAIM_FIELDS = ["claim", *TEST_KEY, "statistic", "unit", *NUMERIC_FIELDS, "verdict", "noise"]
 PER_RUN_FIELDS = ["effect", "low", "high", "verdict", "noise"]
 RUNS = ("A", "B")
 AGREES = "agrees"
@@ -168,33 +158,34 @@ def compare_tests(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     for shared in ("claim", "statistic", "unit"):
         merged[shared] = merged[f"{shared}_a"].fillna(merged[f"{shared}_b"])
     merged["difference"] = merged["effect_b"] - merged["effect_a"]
-    both = merged["_merge"] == "both"
-    inside = {
-        "a_inside_b": ("effect_a", "effect_b", "low_b", "high_b"),
-        "b_inside_a": ("effect_b", "effect_a", "low_a", "high_a"),
-    }
-    for column, fields in inside.items():
-        merged[column] = [
-            _inside(*(row[f] for f in fields)) if present else None
-            for present, (_, row) in zip(both, merged.iterrows(), strict=True)
-        ]
-    merged["verdict_agrees"] = (merged["verdict_a"] == merged["verdict_b"]).where(both, None)
-    merged["status"] = [_status(row) for _, row in merged.iterrows()]
-    return merged.sort_values(TEST_KEY, kind="stable")[COMPARISON_COLUMNS].reset_index(drop=True)
+    rows = pd.DataFrame(
+        [_judged(row) for row in merged.to_dict("records")],
+        columns=merged.columns.tolist() + ["a_inside_b", "b_inside_a", "verdict_agrees", "status"],
+    )
+    return rows.sort_values(TEST_KEY, kind="stable")[COMPARISON_COLUMNS].reset_index(drop=True)
 
 
-def _status(row) -> str:
+def _judged(row: dict) -> dict:
+    """A merged row with its judgement: inside each other's interval, same verdict, status."""
     if row["_merge"] != "both":
-        return f"only in {'A' if row['_merge'] == 'left_only' else 'B'}"
+        only = "A" if row["_merge"] == "left_only" else "B"
+        return {**row, "a_inside_b": None, "b_inside_a": None, "verdict_agrees": None,
+                "status": f"only in {only}"}  # fmt: skip
+    judged = {
+        **row,
+        "a_inside_b": _inside(row["effect_a"], row["effect_b"], row["low_b"], row["high_b"]),
+        "b_inside_a": _inside(row["effect_b"], row["effect_a"], row["low_a"], row["high_a"]),
+        "verdict_agrees": row["verdict_a"] == row["verdict_b"],
+    }
     problems = []
-    if not row["verdict_agrees"]:
+    if not judged["verdict_agrees"]:
         problems.append(f"verdict changed ({row['verdict_a']} -> {row['verdict_b']})")
-    outside = [
+    problems += [
         f"{run}'s effect outside {other}'s interval"
         for run, other, column in (("A", "B", "a_inside_b"), ("B", "A", "b_inside_a"))
-        if not row[column]
+        if not judged[column]
     ]
-    return "; ".join(problems + outside) or AGREES
+    return {**judged, "status": "; ".join(problems) or AGREES}
 
 
 def failing(tests: pd.DataFrame) -> pd.DataFrame:
@@ -406,6 +397,12 @@ def _yes_no(value) -> str:
     return "" if value is None or value is pd.NA else ("yes" if value else "**no**")
 
 
+def _verdicts(a, b) -> str:
+    """ "holds" when both runs say so, "holds -> contradicted" when they differ, or the one
+    present."""
+    return " -> ".join(dict.fromkeys(v for v in (a, b) if isinstance(v, str)))
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cell(text) -> str:
         return str(text).replace("|", "\\|")
@@ -446,13 +443,12 @@ def markdown(comparison: Comparison) -> str:
     lines += ["", "## Claim tests", ""]
     lines += _table(
         ["test", "group", "comparison", "A [95% interval]", "B [95% interval]", "B - A",
-         "A in B's", "B in A's", "verdict A -> B", "status"],
+         "A in B's interval", "B in A's interval", "verdict A -> B", "status"],
         [
             [r.test, f"{r.model} / {r.task} / {r.quantizer}", r.comparison,
              _effect(r.effect_a, r.low_a, r.high_a), _effect(r.effect_b, r.low_b, r.high_b),
              _number(r.difference), _yes_no(r.a_inside_b), _yes_no(r.b_inside_a),
-             f"{r.verdict_a} -> {r.verdict_b}" if r.verdict_agrees is False
-             else (r.verdict_a if isinstance(r.verdict_a, str) else r.verdict_b),
+             _verdicts(r.verdict_a, r.verdict_b),
              r.status]
             for r in c.tests.itertuples(index=False)
         ],

@@ -256,13 +256,17 @@ def bad_inputs(tmp_path):
     (garbage / "claims.csv").write_bytes(b'"unterminated\n\x00\xff')
     short = make_run(tmp_path / "short", TESTS, {})
     pd.DataFrame(TESTS).drop(columns=["verdict"]).to_csv(short / "claims.csv", index=False)
+    wordy = make_run(tmp_path / "wordy", [claim_row(effect="large")], {})
+    twice = make_run(tmp_path / "twice", [TESTS[0], TESTS[0]], {})
     broken = make_run(tmp_path / "broken", TESTS, RECORDS)
     (broken / eval_path()).write_text(json.dumps({**RECORDS[eval_path()], "seed": "zero"}))
     return good, {
         "missing directory": (tmp_path / "nowhere", "neither a results directory"),
         "no claims.csv": (no_claims, "no claims.csv in"),
-        "unreadable claims.csv": (garbage, "claims"),
+        "unreadable claims.csv": (garbage, "is not a readable claims table"),
         "missing column": (short, "missing column(s) verdict"),
+        "not a number": (wordy, "column 'effect' has a value that is not a number"),
+        "a test twice": (twice, "test C1.1 / tiny-bert / bible-testament / nf / coalora vs qlora"),
         "corrupt record": (broken, "field 'seed' must be an integer"),
     }
 
