@@ -131,6 +131,12 @@ def _cmd_report(args) -> None:
     report_from_cli(args)
 
 
+def _cmd_compare(args) -> int:
+    from .compare import compare_from_cli
+
+    return compare_from_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coalora", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -250,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--svg", help="SVG to write too")
         f.add_argument("--title", default="")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "compare", help="does a rerun agree with a run? claims, record bits, provenance"
+    )
+    p.add_argument("a", help="run A: a results directory or its claims.csv")
+    p.add_argument("b", help="run B: a results directory or its claims.csv")
+    p.add_argument("--out", help="CSV to write (one row per claim test)")
+    p.add_argument("--markdown", help="Markdown report to write (also printed)")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -323,14 +338,14 @@ def _main(argv: list[str] | None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        args.func(args)
+        status = args.func(args)  # None, or a handler's own status (compare: 1 = disagree)
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         if args.verbose:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"coalora: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
