@@ -53,14 +53,14 @@ SEED_FOLDER = re.compile(r"s\d+")
 
 # Provenance field -> what differs, in words. The machine block's fields (the record's
 # "machine"; absent in records older than it) and the protocol's dtype/threads/device.
-MACHINE_FIELDS = ("cpu", "arch", "isa", "onednn_max_cpu_isa", "blas", "gpu", "cuda")
+MACHINE_FIELDS = ("cpu", "arch", "isa", "kernel_env", "blas", "gpu", "cuda")
 PROVENANCE_FIELDS = {
     "code_version": "code versions",
     "packages": "package versions",
     "cpu": "CPUs",
     "arch": "CPU architectures",
     "isa": "CPU instruction sets",
-    "onednn_max_cpu_isa": "oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA)",
+    "kernel_env": "kernel-selecting environment (ONEDNN_MAX_CPU_ISA, MKL_CBWR, ...)",
     "blas": "BLAS backends",
     "gpu": "GPUs",
     "cuda": "CUDA versions",

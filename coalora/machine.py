@@ -34,8 +34,10 @@ KERNEL_ISA = (
 )
 # Flags of CPUs with bf16 matrix units (bf16 matmuls at least as fast as fp32 ones).
 BF16_MATRIX_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-# Caps the instruction sets oneDNN may use (e.g. "AVX2" on an AMX machine).
-ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+# Environment variables that choose other kernels on the same CPU (hence other bits):
+# oneDNN's instruction-set cap (e.g. "AVX2" on an AMX machine, to emulate an older CPU) and
+# MKL's conditional numerical reproducibility modes and instruction-set cap.
+KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
 CPUINFO = Path("/proc/cpuinfo")
 # /proc/cpuinfo's key of the CPU flags: x86 says "flags", ARM "Features".
 FLAG_KEYS = ("flags", "features")
@@ -97,6 +99,11 @@ def torch_blas() -> str:
     return found.group(1) if found else UNKNOWN
 
 
+def kernel_env() -> dict[str, str]:
+    """The variables of ``KERNEL_ENV`` that are set (and not empty), by name."""
+    return {name: os.environ[name] for name in KERNEL_ENV if os.environ.get(name)}
+
+
 def machine_info(device, cpuinfo: str | None = None) -> dict:
     """The ``"machine"`` block of a record measured on ``device`` (a ``torch.device`` or its
     name; ``cpuinfo``: a ``/proc/cpuinfo`` text in place of this machine's)."""
@@ -109,7 +116,7 @@ def machine_info(device, cpuinfo: str | None = None) -> dict:
         "cpu": cpu_model(cpuinfo),
         "arch": platform.machine() or UNKNOWN,
         "isa": kernel_isa(cpu_flags(cpuinfo)),
-        "onednn_max_cpu_isa": os.environ.get(ONEDNN_ISA_ENV) or None,
+        "kernel_env": kernel_env(),
         "torch_threads": torch.get_num_threads(),
         "blas": torch_blas(),
         "gpu": torch.cuda.get_device_name(device) if on_cuda else None,

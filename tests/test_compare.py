@@ -190,7 +190,7 @@ def test_window_nll_differences_are_counted():
 
 MACHINE = {
     "cpu": "AMD EPYC 9454 48-Core Processor", "arch": "x86_64",
-    "isa": ["avx2", "avx512_bf16", "avx512f"], "onednn_max_cpu_isa": None,
+    "isa": ["avx2", "avx512_bf16", "avx512f"], "kernel_env": {},
     "torch_threads": 2, "blas": "mkl", "gpu": None, "cuda": None,
 }  # fmt: skip
 

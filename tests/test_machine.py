@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from coalora.machine import (
-    ONEDNN_ISA_ENV,
+    KERNEL_ENV,
     bf16_matrix_units,
     cpu_flags,
     cpu_model,
@@ -81,21 +81,24 @@ def test_no_cpuinfo_degrades_to_an_empty_isa_and_the_platforms_name():
 
 
 def test_machine_info_types_and_the_onednn_cap(monkeypatch):
-    monkeypatch.delenv(ONEDNN_ISA_ENV, raising=False)
+    for name in KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
     info = machine_info("cpu", cpuinfo=SAPPHIRE_RAPIDS)
     assert list(info) == [
-        "cpu", "arch", "isa", "onednn_max_cpu_isa", "torch_threads", "blas", "gpu", "cuda"
+        "cpu", "arch", "isa", "kernel_env", "torch_threads", "blas", "gpu", "cuda"
     ]  # fmt: skip
     assert info["cpu"] == "Intel(R) Xeon(R) Platinum 8480+"
     assert info["arch"] == platform.machine()
     assert info["isa"] == kernel_isa(cpu_flags(SAPPHIRE_RAPIDS))
-    assert info["onednn_max_cpu_isa"] is None
+    assert info["kernel_env"] == {}
     assert info["torch_threads"] == torch.get_num_threads()
     assert isinstance(info["blas"], str) and info["blas"]
     assert info["gpu"] is None and info["cuda"] is None  # a CPU device names no GPU
 
-    monkeypatch.setenv(ONEDNN_ISA_ENV, "AVX2")
-    assert machine_info(torch.device("cpu"))["onednn_max_cpu_isa"] == "AVX2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    kernels = machine_info(torch.device("cpu"))["kernel_env"]
+    assert kernels == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

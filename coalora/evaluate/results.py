@@ -29,7 +29,7 @@ window, in order; every window has the same length). ``null`` where there are no
 
     {"cpu": str, "arch": str,       # CPU model name; platform.machine()
      "isa": [str, ...],             # sorted subset of coalora.machine.KERNEL_ISA in the CPU flags
-     "onednn_max_cpu_isa": str | null,   # $ONEDNN_MAX_CPU_ISA (caps oneDNN's kernels)
+     "kernel_env": {str: str},      # the set variables of coalora.machine.KERNEL_ENV
      "torch_threads": int, "blas": str,  # torch.get_num_threads(); torch's BLAS backend
      "gpu": str | null, "cuda": str | null}  # device name and CUDA version on a CUDA device
 
@@ -54,7 +54,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..io import read_json, write_json
-from ..machine import KERNEL_ISA
+from ..machine import KERNEL_ENV, KERNEL_ISA
 
 SCHEMA = "coalora.evaluation/2"
 QUANTIZERS = ("nf", "int", "none")
@@ -97,6 +97,10 @@ def _is_per_example(value) -> bool:
         nll = value["window_nll"]
         return isinstance(nll, list) and len(nll) > 0 and all(_is_number(x) for x in nll)
     return False
+
+
+def _is_kernel_env(value) -> bool:
+    return _is_dict(value) and all(k in KERNEL_ENV and isinstance(v, str) for k, v in value.items())
 
 
 def _is_isa_list(value) -> bool:
@@ -153,7 +157,7 @@ MACHINE_FIELDS: dict[str, tuple] = {
     "cpu": (_is_str, "a string"),
     "arch": (_is_str, "a string"),
     "isa": (_is_isa_list, f"a sorted list of distinct names among {', '.join(KERNEL_ISA)}"),
-    "onednn_max_cpu_isa": (_nullable(_is_str), "a string or null"),
+    "kernel_env": (_is_kernel_env, f"an object of strings, keys among {', '.join(KERNEL_ENV)}"),
     "torch_threads": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "blas": (_is_str, "a string"),
     "gpu": (_nullable(_is_str), "a string or null"),
