@@ -410,7 +410,8 @@ CLAIM_COLUMNS = [
     "claim", "test", "model", "task", "quantizer", "comparison", "statistic", "unit",
     "paper", "paper_position", "effect", "low", "high", "reading", "relation", "threshold",
     "margin", "smallest_margin", "verdict", "decides", "sensitivity", "noise", "n_seeds",
-    "to_decide", *PLAN_COLUMNS, "scale", "deviations",
+    "to_decide", *PLAN_COLUMNS, "se_seed", "se_test", "n_test", "max_test", *power.SECONDS,
+    "scale", "deviations",
 ]  # fmt: skip
 
 
@@ -533,6 +534,12 @@ def rows_of_test(
             "relation": test.relation,
             "noise": interval.noise,
             "n_seeds": interval.n_seeds,
+            # what the planner needs to re-plan from this row (power.Components.from_row)
+            "se_seed": interval.se_seed,
+            "se_test": interval.se_test,
+            "n_test": components.n_test,
+            "max_test": components.max_test,
+            **{name: getattr(components, name) for name in power.SECONDS},
             "scale": scale_of(evidence, both[both["seed"].isin(seeds)], seeds),
             "deviations": deviations([(a_name, a)] + ([] if b is None else [(b_name, b)])),
         }
@@ -619,7 +626,7 @@ def decided_by(table: pd.DataFrame) -> pd.Series:
     whose superior reading holds too is *superior*; every other row its own reading."""
     superior = table[(table["reading"] == SUPERIOR) & (table["verdict"] == HOLDS)]
     strong = set(map(tuple, superior[TEST_KEYS].to_numpy()))
-    deciding = table[table["decides"]]
+    deciding = table[table["decides"].astype(bool)]
     keys = map(tuple, deciding[TEST_KEYS].to_numpy())
     return pd.Series(
         [SUPERIOR if r == COMPARABLE and k in strong else r
@@ -634,7 +641,7 @@ def claims_summary(table: pd.DataFrame, book: ClaimBook | None = None) -> pd.Dat
     decided each test."""
     book = book or load_claims()
     readings = decided_by(table)
-    deciding = table[table["decides"]].assign(decided_by=readings)
+    deciding = table[table["decides"].astype(bool)].assign(decided_by=readings)
     rows = []
     for claim in book.claims:
         mine = deciding[deciding["claim"] == claim.id]

@@ -146,7 +146,7 @@ def paper_table(results: pd.DataFrame, book: ClaimBook | None = None, table=None
     the verdict of the test's deciding reading."""
     book = book or load_claims()
     table = claims_table(results, book) if table is None else table
-    table = table[table["decides"]]
+    table = table[table["decides"].astype(bool)]
     rows = []
     for claim in book.claims:
         for index, test in enumerate(claim.tests):

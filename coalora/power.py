@@ -36,8 +36,13 @@ from .stats import CONFIDENCE, quantile
 
 POWER = 0.8
 MAX_SEEDS = 64
-MIN_EXAMPLES = 10  # the smallest test size the grid offers
+# The smallest test size the grid offers (unless fewer were measured): below ~100 examples
+# the normal approximation behind the test-sample part of the interval wears thin.
+MIN_EXAMPLES = 100
 EXAMPLE_GRID = 160  # test sizes tried, log-spaced between MIN_EXAMPLES and the maximum
+
+
+SECONDS = ("train_seconds", "setup_seconds", "eval_seconds")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,19 @@ class Components:
             n_test,
             max(max_test, n_test),
             **seconds,
+        )
+
+    @classmethod
+    def from_row(cls, row) -> Components:
+        """From a row of the claims table (``claims.csv``: ``se_seed``, ``se_test``,
+        ``n_seeds``, ``n_test``, ``max_test`` and the per-seed seconds)."""
+        n_test = int(row["n_test"])
+        return cls(
+            float(row["se_seed"]) ** 2 * int(row["n_seeds"]),
+            float(row["se_test"]) ** 2 * n_test if n_test else 0.0,
+            n_test,
+            max(int(row["max_test"]), n_test),
+            **{name: float(row[name]) for name in SECONDS},
         )
 
     def core_seconds(self, seeds, examples):
@@ -127,14 +145,18 @@ def plan(
     target: float = POWER, max_seeds: int = MAX_SEEDS, confidence: float = CONFIDENCE,
 ) -> Plan:  # fmt: skip
     """The cheapest (seeds, test examples) in 2..``max_seeds`` x up to ``components.max_test``
-    at which the test is decided with probability ``target`` if the effect is ``effect``."""
+    at which the test is decided with probability ``target`` if the effect is ``effect``
+    (``components``: a ``Components`` or a claims-table row). ``effect`` and ``threshold``
+    on the interval's scale: log ratios for time ratios."""
+    if not isinstance(components, Components):
+        components = Components.from_row(components)
     if not math.isfinite(effect):
         return Plan(None, None, None, math.nan, "no effect to plan for")
     if components.var_seed <= 0 and components.var_test <= 0:
         return Plan(None, None, None, math.nan, "no noise estimate (one seed, no test sample)")
     seeds = np.arange(2, max_seeds + 1)[:, None]
     if components.var_test > 0:
-        low = min(MIN_EXAMPLES, components.max_test)
+        low = max(min(MIN_EXAMPLES, components.n_test, components.max_test), 1)
         grid = np.geomspace(low, components.max_test, EXAMPLE_GRID).round().astype(int)
         examples = np.unique(np.append(grid, components.n_test))
         examples = examples[examples <= components.max_test][None, :]

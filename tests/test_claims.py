@@ -421,3 +421,18 @@ def test_the_planner_prices_its_designs_and_knows_its_limits():
     )
     # A smaller effect needs more: never a cheaper design.
     assert power.plan(components, 3.0, "greater", 0.0).core_seconds <= plan.core_seconds
+
+
+def test_a_claims_csv_row_can_be_planned_again(tmp_path, capsys):
+    # A later step re-plans from claims.csv alone: the row's components give the same plan.
+    records = qlora(accuracy_curve(0.70))
+    records += near_copy(records, "coalora")
+    _, paths = table_of(tmp_path, records)
+    out = tmp_path / "claims.csv"
+    assert main(["report", "claims", *map(str, paths), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    r = table[(table["test"] == "C1.3") & (table["reading"] == "superior")].iloc[0]
+    plan = power.plan(r, 5.71, r["relation"], r["threshold"])
+    assert (plan.seeds, plan.test_examples) == (r["plan_seeds_paper"], r["plan_examples_paper"])
+    assert plan.core_seconds == pytest.approx(r["plan_core_seconds_paper"], rel=1e-5)
+    assert r["n_test"] == N_EXAMPLES and r["max_test"] >= N_EXAMPLES
