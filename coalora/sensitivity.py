@@ -100,7 +100,7 @@ def ceiling_interval(group: report.Group, label: str, replicates: int) -> Interv
 def diagnose(evidence, unit: str, min_effect, ceiling_label: str, replicates: int):
     """The diagnostic of ``evidence.group`` (a ``claims.GroupEvidence``: its rows and their
     metric under the paired test resamplings); ``min_effect`` has a ``value`` and a
-    ``reason`` (a ``claims.Margin``)."""
+    ``reason`` (a ``claimbook.Margin``)."""
     group = evidence.group
     base = {
         "key": group.key, "reference": group.reference, "unit": unit, "min_effect": min_effect.value,

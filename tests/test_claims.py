@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coalora import claims, claims_report, power
+from coalora import claimbook, claims, claims_report, power
 from coalora.cli import main
 from coalora.evaluate.results import FULL_PRECISION, SCHEMA, read_results, write_result
 from coalora.sensitivity import FLAT_TEXT
@@ -199,11 +199,11 @@ def test_claims_cli_writes_every_claim_and_the_paper_relations(tmp_path, capsys)
 
 def test_the_claims_file_is_checked(tmp_path):
     bad = tmp_path / "claims.yaml"
-    text = claims.CLAIMS_FILE.read_text().replace("relation: greater", "relation: bigger", 1)
+    text = claimbook.CLAIMS_FILE.read_text().replace("relation: greater", "relation: bigger", 1)
     bad.write_text(text)
     with pytest.raises(ValueError, match="relation 'bigger' is not one of"):
         claims.load_claims(bad)
-    bad.write_text(claims.CLAIMS_FILE.read_text() + "extra: 1\n")
+    bad.write_text(claimbook.CLAIMS_FILE.read_text() + "extra: 1\n")
     with pytest.raises(ValueError, match="unknown key"):
         claims.load_claims(bad)
 
