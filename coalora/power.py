@@ -153,7 +153,10 @@ def plan(
     if not math.isfinite(effect):
         return Plan(None, None, None, math.nan, "no effect to plan for")
     if components.var_seed <= 0 and components.var_test <= 0:
-        return Plan(None, None, None, math.nan, "no noise estimate (one seed, no test sample)")
+        return Plan(
+            None, None, None, math.nan,
+            "no noise measured (the same effect at every seed and test resampling)",
+        )  # fmt: skip
     seeds = np.arange(2, max_seeds + 1)[:, None]
     if components.var_test > 0:
         low = max(min(MIN_EXAMPLES, components.n_test, components.max_test), 1)
