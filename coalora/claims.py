@@ -12,91 +12,35 @@ effect per seed under paired bootstrap draws of the test examples, turns it into
   variance (one seed: the effect and its test-sample interval are shown, undecided), or
   there is no interval (a single measurement).
 
-A claim's overall verdict: contradicted if any of its tests is, holds if all hold, else
-inconclusive; *not tested* where no group has both sides. Each row also names its scale
-(seeds, configurations, test examples, steps) and any deviation from the paper's protocol
-(unequal optimizer steps per run, K != 2 configurations per CoA-LoRA step).
+A test with a non-inferiority margin is decided twice (``reading``: superior, comparable);
+the claim follows the comparable one, the paper's "comparable or superior". A claim's overall
+verdict: contradicted if any of its tests is, holds if all hold, else inconclusive; *not
+tested* where no group has both sides. Tests of configuration-awareness (``gated``) in a
+group whose reference method cannot tell its budgets apart (``coalora.sensitivity``) stay
+inconclusive and say so. Each row also names the paper's effect against our interval
+(``coalora.paper``), its scale (seeds, configurations, test examples, steps), any deviation
+from the paper's protocol (unequal optimizer steps per run, K != 2 configurations per
+CoA-LoRA step) and, for an open test, what would decide it (``coalora.power``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from . import report
+from . import power, report
+from .claimbook import COMPARABLE, READINGS, SUPERIOR, Claim, ClaimBook, ClaimTest, load_claims
 from .methods import Serves
+from .paper import format_value, paper_position, paper_text, paper_values
+from .sensitivity import Sensitivity, diagnose
 from .stats import BOOTSTRAP_REPLICATES, Interval, interval_of, log_ratio_interval, resampled_values
 
-CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
-STATISTICS = ("hv_diff", "gap", "time_ratio", "unseen_gap")
-RELATIONS = ("greater", "less", "within")
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive at this scale"
 NOT_TESTED = "not tested at this scale"
 PAPER_K = 2  # configurations per CoA-LoRA step in the paper
-
-
-@dataclass(frozen=True)
-class ClaimTest:
-    """One testable relation of a claim (a row of ``claims.yaml``)."""
-
-    statistic: str
-    a: str | dict
-    relation: str
-    threshold: float
-    b: str | dict | None = None
-    per_rank: bool = False
-    paper: str | None = None
-
-    def __post_init__(self):
-        if self.statistic not in STATISTICS:
-            raise ValueError(f"claims: statistic {self.statistic!r} is not one of {STATISTICS}")
-        if self.relation not in RELATIONS:
-            raise ValueError(f"claims: relation {self.relation!r} is not one of {RELATIONS}")
-        if (self.b is None) != (self.statistic == "unseen_gap"):
-            raise ValueError(f"claims: {self.statistic} needs {'no' if self.b is None else 'a'} b")
-
-
-@dataclass(frozen=True)
-class Claim:
-    id: str
-    claim: str
-    groups: dict
-    tests: tuple[ClaimTest, ...] = field(default_factory=tuple)
-
-    def applies_to(self, group: report.Group) -> bool:
-        metric = self.groups.get("metric", "any")
-        quantizer = self.groups.get("quantizer", "any")
-        if metric != "any" and (metric == "higher") != group.higher_is_better:
-            return False
-        return quantizer in ("any", group.quantizer)
-
-
-@dataclass(frozen=True)
-class ClaimBook:
-    claims: tuple[Claim, ...]
-    paper_table1: dict
-    paper_scale: str
-
-
-def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimBook:
-    """The claims file, checked: unknown keys and bad values are one-line errors."""
-    data = yaml.safe_load(Path(path).read_text())
-    unknown = set(data) - {"paper_table1", "paper_scale", "claims"}
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
-    claims = []
-    for entry in data["claims"]:
-        extra = set(entry) - {"id", "claim", "groups", "tests"}
-        if extra:
-            raise ValueError(f"{path}: claim {entry.get('id')!r}: unknown key(s) {sorted(extra)}")
-        tests = tuple(ClaimTest(**test) for test in entry["tests"])
-        claims.append(Claim(entry["id"], entry["claim"], dict(entry.get("groups", {})), tests))
-    return ClaimBook(tuple(claims), data["paper_table1"], data["paper_scale"])
 
 
 def verdict(interval: Interval, relation: str, threshold: float) -> str:
@@ -308,38 +252,29 @@ def scale_of(evidence: GroupEvidence, rows: pd.DataFrame, seeds) -> str:
     )
 
 
-def paper_cells(test: ClaimTest, book: ClaimBook) -> dict[str, str]:
-    """The paper's value of a test per GLUE task, from its main table ({} when the test's
-    sides are not both in it, or it has its own ``paper`` text)."""
-    table = book.paper_table1
-    if test.paper or not (isinstance(test.a, str) and isinstance(test.b, str)):
-        return {}
-    if test.a not in table or test.b not in table:
-        return {}
-    cells = {}
-    for task in table[test.a]:
-        (hv_a, gap_a, min_a), (hv_b, gap_b, min_b) = table[test.a][task], table[test.b][task]
-        if test.statistic == "hv_diff":
-            cells[task] = f"{hv_a - hv_b:+.2f}"
-        elif test.statistic == "gap":
-            cells[task] = f"{(gap_a or 0.0) - (gap_b or 0.0):+.2f}"
-        elif test.statistic == "time_ratio":
-            cells[task] = f"{min_a / min_b:.2f}"
-    return cells
-
-
-def _paper_value(test: ClaimTest, book: ClaimBook) -> str:
-    if test.paper:
-        return test.paper
-    return ", ".join(f"{task} {value}" for task, value in paper_cells(test, book).items())
+def smallest_margin(interval: Interval, relation: str, threshold: float) -> float:
+    """The smallest margin at which a non-inferiority reading would hold (clipped at 0;
+    NaN for an interval that cannot carry a verdict)."""
+    if not interval.counts_seeds:
+        return math.nan
+    if relation == "greater":
+        return max(0.0, threshold - interval.low)
+    return max(0.0, interval.high - threshold)
 
 
 UNITS = {"hv_diff": "HV", "time_ratio": "ratio", "unseen_gap": "", "gap": ""}
+PLAN_COLUMNS = [
+    f"plan_{what}_{at}"
+    for at in ("paper", "ours")
+    for what in ("seeds", "examples", "core_seconds")
+]
 
 CLAIM_COLUMNS = [
     "claim", "test", "model", "task", "quantizer", "comparison", "statistic", "unit",
-    "paper", "effect", "low", "high", "relation", "threshold", "verdict", "noise",
-    "n_seeds", "scale", "deviations",
+    "paper", "paper_position", "effect", "low", "high", "reading", "relation", "threshold",
+    "margin", "smallest_margin", "verdict", "decides", "sensitivity", "noise", "n_seeds",
+    "to_decide", *PLAN_COLUMNS, "se_seed", "se_test", "n_test", "max_test", *power.SECONDS,
+    "scale", "deviations",
 ]  # fmt: skip
 
 
@@ -357,10 +292,63 @@ def _common_seeds(*frames: pd.DataFrame) -> list[int]:
     return sorted(seeds or [])
 
 
+@dataclass
+class GroupContext:
+    """What every test of one group shares: its evidence, its sensitivity diagnostic and
+    the test examples a plan may use."""
+
+    evidence: GroupEvidence
+    sensitivity: Sensitivity
+    max_examples: int
+
+
+def _sensitivity_text(claim, test, context, raw_verdict) -> str:
+    if not claim.gates(test):
+        return "not gated"
+    text = context.sensitivity.text()
+    if context.sensitivity.flat and raw_verdict != INCONCLUSIVE:
+        text += f" (the interval alone: {raw_verdict})"
+    return text
+
+
+def _to_decide(test, interval, statistic, threshold, paper, components, book) -> dict:
+    """The plans at the paper's effect and at ours (``coalora.power``), as text and numbers."""
+
+    def scale(x):  # the interval's own scale: time ratios are combined as logs
+        return math.log(x) if statistic == "time_ratio" else x
+
+    targets = {"ours": scale(interval.effect)}
+    if paper:
+        targets["paper"] = float(np.mean([scale(v) for v in paper]))
+    out = dict.fromkeys(PLAN_COLUMNS, math.nan)
+    texts = []
+    for at in ("paper", "ours"):
+        if at not in targets:
+            texts.append("at the paper's effect: n/a")
+            continue
+        shown = math.exp(targets[at]) if statistic == "time_ratio" else targets[at]
+        p = power.plan(
+            components, targets[at], test.relation, scale(threshold),
+            target=book.planning["power"], max_seeds=book.planning["max_seeds"],
+        )  # fmt: skip
+        texts.append(
+            f"at {'the paper' if at == 'paper' else 'our'} effect {format_value(shown, statistic)}: {p.text()}"
+        )
+        if p.decidable:
+            out.update(
+                {f"plan_seeds_{at}": p.seeds, f"plan_examples_{at}": p.test_examples,
+                 f"plan_core_seconds_{at}": p.core_seconds}
+            )  # fmt: skip
+    out["to_decide"] = "; ".join(texts)
+    return out
+
+
 def rows_of_test(
-    claim: Claim, index: int, test: ClaimTest, evidence: GroupEvidence, book: ClaimBook
+    claim: Claim, index: int, test: ClaimTest, context: GroupContext, book: ClaimBook
 ) -> list[dict]:
-    """The rows of one test in one group (none when a side is missing)."""
+    """The rows of one test in one group (none when a side is missing): one per comparison
+    and reading."""
+    evidence = context.evidence
     g = evidence.group
     if test.per_rank:
         sides = evidence.rank_sides(test.a)
@@ -371,6 +359,7 @@ def rows_of_test(
         (a_name, a), (b_name, b) = evidence.side(test.a), evidence.side(test.b)
         sides = [(a_name, a, b_name, b)] if len(a) and len(b) else []
     out = []
+    paper = paper_values(test, book)
     for a_name, a, b_name, b in sides:
         frames = [a] if b is None else [a, b]
         seeds = _common_seeds(*frames)
@@ -387,71 +376,149 @@ def rows_of_test(
         if not math.isfinite(interval.effect):
             continue
         both = pd.concat(frames)
-        out.append(
-            {
-                "claim": claim.id,
-                "test": f"{claim.id}.{index + 1}",
-                **g.key,
-                "comparison": a_name if b is None else f"{a_name} vs {b_name}",
-                "statistic": test.statistic,
-                "unit": _unit(test.statistic, g),
-                "paper": _paper_value(test, book),
-                "effect": interval.effect,
-                "low": interval.low,
-                "high": interval.high,
-                "relation": test.relation,
-                "threshold": test.threshold,
-                "verdict": verdict(interval, test.relation, test.threshold),
-                "noise": interval.noise,
-                "n_seeds": interval.n_seeds,
-                "scale": scale_of(evidence, both[both["seed"].isin(seeds)], seeds),
-                "deviations": deviations([(a_name, a)] + ([] if b is None else [(b_name, b)])),
-            }
-        )
+        evaluated = test.statistic != "time_ratio"  # a time ratio has no test sample
+        n_test = power.measured_examples(both) if evaluated else 0
+        components = power.Components.of(
+            interval, n_test, context.max_examples if n_test else 0,
+            **power.seconds_per_seed(both, seeds, evaluations=evaluated),
+        )  # fmt: skip
+        common = {
+            "claim": claim.id,
+            "test": f"{claim.id}.{index + 1}",
+            **g.key,
+            "comparison": a_name if b is None else f"{a_name} vs {b_name}",
+            "statistic": test.statistic,
+            "unit": _unit(test.statistic, g),
+            "paper": paper_text(test, book),
+            "paper_position": paper_position(paper, interval, test.statistic),
+            "effect": interval.effect,
+            "low": interval.low,
+            "high": interval.high,
+            "relation": test.relation,
+            "noise": interval.noise,
+            "n_seeds": interval.n_seeds,
+            # what the planner needs to re-plan from this row (power.Components.from_row)
+            "se_seed": interval.se_seed,
+            "se_test": interval.se_test,
+            "n_test": components.n_test,
+            "max_test": components.max_test,
+            **{name: getattr(components, name) for name in power.SECONDS},
+            "scale": scale_of(evidence, both[both["seed"].isin(seeds)], seeds),
+            "deviations": deviations([(a_name, a)] + ([] if b is None else [(b_name, b)])),
+        }
+        readings = test.readings(book.margins)
+        for reading, threshold, margin in readings:
+            raw = verdict(interval, test.relation, threshold)
+            gated_out = claim.gates(test) and context.sensitivity.flat
+            final = INCONCLUSIVE if gated_out else raw
+            row = {
+                **common,
+                "reading": reading,
+                "threshold": threshold,
+                "margin": margin,
+                "smallest_margin": (
+                    smallest_margin(interval, test.relation, test.threshold)
+                    if reading == COMPARABLE else math.nan
+                ),
+                "verdict": final,
+                "decides": reading == readings[-1][0],  # the paper's wording: the weakest
+                "sensitivity": _sensitivity_text(claim, test, context, raw),
+                **dict.fromkeys(PLAN_COLUMNS, math.nan),
+            }  # fmt: skip
+            if final != INCONCLUSIVE:
+                row["to_decide"] = "decided"
+            elif not interval.counts_seeds:
+                row["to_decide"] = (
+                    "unknown: one seed gives no seed-to-seed variance to plan from"
+                    if interval.n_seeds < 2
+                    else "unknown: no interval"
+                )
+            else:
+                row.update(
+                    _to_decide(test, interval, test.statistic, threshold, paper, components, book)
+                )
+            out.append(row)
     return out
+
+
+def evaluate_claims(
+    results: pd.DataFrame, book: ClaimBook | None = None, replicates: int = BOOTSTRAP_REPLICATES
+) -> tuple[pd.DataFrame, list[Sensitivity]]:
+    """The claims table (one row per claim test, group, comparison and reading: effect,
+    interval, verdict, scale, what deciding would take) and each group's sensitivity."""
+    book = book or load_claims()
+    rows, diagnostics = [], []
+    for group in report.experiment_groups(results):
+        if report.quantized(group.rows).empty:
+            continue
+        context = None
+        for claim in book.claims:
+            if not claim.applies_to(group):
+                continue
+            if context is None:
+                evidence = GroupEvidence(group, replicates)
+                diagnostic = diagnose(
+                    evidence, _unit("gap", group), book.min_effect_of(group), book.ceiling,
+                    replicates,
+                )  # fmt: skip
+                cap = book.planning["max_test_examples"]
+                context = GroupContext(
+                    evidence, diagnostic, power.available_examples(evidence.rows, cap)
+                )
+                diagnostics.append(diagnostic)
+            for index, test in enumerate(claim.tests):
+                rows += rows_of_test(claim, index, test, context, book)
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS), diagnostics
 
 
 def claims_table(
     results: pd.DataFrame, book: ClaimBook | None = None, replicates: int = BOOTSTRAP_REPLICATES
 ) -> pd.DataFrame:
-    """One row per (claim test, group, comparison): effect, interval, verdict, scale."""
-    book = book or load_claims()
-    rows = []
-    for group in report.experiment_groups(results):
-        if report.quantized(group.rows).empty:
-            continue
-        evidence = None
-        for claim in book.claims:
-            if not claim.applies_to(group):
-                continue
-            evidence = evidence or GroupEvidence(group, replicates)
-            for index, test in enumerate(claim.tests):
-                rows += rows_of_test(claim, index, test, evidence, book)
-    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    """``evaluate_claims``' table."""
+    return evaluate_claims(results, book, replicates)[0]
 
 
 SUMMARY_COLUMNS = [
-    "claim",
-    "statement",
-    "verdict",
-    "tests",
-    "holds",
-    "contradicted",
-    "inconclusive",
-]
+    "claim", "statement", "verdict", "reading", "tests", "holds", "contradicted", "inconclusive",
+]  # fmt: skip
+TEST_KEYS = ["test", *report.GROUP_KEYS, "comparison"]
+
+
+def decided_by(table: pd.DataFrame) -> pd.Series:
+    """Per deciding row (``decides``), the reading its verdict rests on: a comparable row
+    whose superior reading holds too is *superior*; every other row its own reading."""
+    superior = table[(table["reading"] == SUPERIOR) & (table["verdict"] == HOLDS)]
+    strong = set(map(tuple, superior[TEST_KEYS].to_numpy()))
+    deciding = table[table["decides"].astype(bool)]
+    keys = map(tuple, deciding[TEST_KEYS].to_numpy())
+    return pd.Series(
+        [SUPERIOR if r == COMPARABLE and k in strong else r
+         for r, k in zip(deciding["reading"], keys, strict=True)],
+        index=deciding.index, dtype=object,
+    )  # fmt: skip
 
 
 def claims_summary(table: pd.DataFrame, book: ClaimBook | None = None) -> pd.DataFrame:
-    """One row per claim of the book: its overall verdict over every test row."""
+    """One row per claim of the book: its overall verdict over its tests' deciding rows (the
+    paper's wording: "comparable or superior" holds if comparable holds), and which reading
+    decided each test."""
     book = book or load_claims()
+    readings = decided_by(table)
+    deciding = table[table["decides"].astype(bool)].assign(decided_by=readings)
     rows = []
     for claim in book.claims:
-        verdicts = table.loc[table["claim"] == claim.id, "verdict"].tolist()
+        mine = deciding[deciding["claim"] == claim.id]
+        verdicts = mine["verdict"].tolist()
+        by_reading = [
+            f"{', '.join(sorted(set(mine.loc[mine['decided_by'] == r, 'test'])))} {r}"
+            for r in READINGS if (mine["decided_by"] == r).any()
+        ]  # fmt: skip
         rows.append(
             {
                 "claim": claim.id,
                 "statement": claim.claim,
                 "verdict": overall_verdict(verdicts),
+                "reading": "; ".join(by_reading),
                 "tests": len(verdicts),
                 "holds": verdicts.count(HOLDS),
                 "contradicted": verdicts.count(CONTRADICTED),
@@ -459,81 +526,3 @@ def claims_summary(table: pd.DataFrame, book: ClaimBook | None = None) -> pd.Dat
             }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-CLAIMS_NOTE = """\
-Each test compares two sides in one (model, task, quantizer) group. `effect` is the mean over
-training seeds of the per-seed effect; `low`/`high` its 95% interval, counting the sources
-named in `noise` (seed-to-seed spread, and test-sample noise by a paired bootstrap of the test
-examples; see docs/claims.md). Verdict: *holds* if the interval lies wholly on the claimed side
-of `threshold`, *contradicted* if wholly on the other side, else *inconclusive at this scale*
-(also whenever the interval does not count seed variance: one seed decides nothing).
-A verdict speaks for this scale only (`scale`: models, seeds, configurations, test size and
-steps far below the paper's); `deviations` names departures from the paper's protocol.
-"""
-
-
-def claims_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str:
-    def number(value, unit):
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            return "n/a"
-        return f"{value:.3f}" if unit in ("HV", "ratio") else f"{value:+.2f}"
-
-    lines = ["# The paper's claims at this scale", "", CLAIMS_NOTE]
-    lines += ["| claim | statement | verdict | tests (holds / contradicted / inconclusive) |"]
-    lines += ["|---|---|---|---|"]
-    for r in summary.itertuples(index=False):
-        counts = f"{r.tests} ({r.holds} / {r.contradicted} / {r.inconclusive})"
-        lines.append(f"| {r.claim} | {r.statement} | **{r.verdict}** | {counts} |")
-    lines += ["", "## Tests", ""]
-    lines += [
-        "| test | group | comparison | paper | ours [95% interval] | relation | verdict | noise | deviations |"
-    ]
-    lines += ["|---|---|---|---|---|---|---|---|---|"]
-    for r in table.itertuples(index=False):
-        ours = (
-            f"{number(r.effect, r.unit)} [{number(r.low, r.unit)}, {number(r.high, r.unit)}] "
-            f"{r.unit}"
-        )
-        relation = f"{r.relation} {r.threshold:g}"
-        lines.append(
-            f"| {r.test} | {r.model} / {r.task} / {r.quantizer} | {r.comparison} | {r.paper} | "
-            f"{ours} | {relation} | {r.verdict} | {r.noise} | {r.deviations} |"
-        )
-    lines += ["", "Scale of each test:", ""]
-    lines += [f"- {r.test} {r.comparison}: {r.scale}" for r in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- paper table
-
-PAPER_COLUMNS = [
-    *report.GROUP_KEYS, "relation", "paper_QNLI", "paper_MNLI", "paper_SST-2", "paper_QQP",
-    "ours", "low", "high", "noise", "verdict", "scale",
-]  # fmt: skip
-
-
-def paper_table(results: pd.DataFrame, book: ClaimBook | None = None, table=None) -> pd.DataFrame:
-    """The paper's main table as RELATIONS (HV differences, gaps, time ratios between methods)
-    beside ours with their intervals: absolute HVs do not transfer across models and tasks,
-    relations can. One row per group and relation that both the paper and we measured."""
-    book = book or load_claims()
-    table = claims_table(results, book) if table is None else table
-    rows = []
-    for claim in book.claims:
-        for index, test in enumerate(claim.tests):
-            cells = paper_cells(test, book)
-            if not cells:
-                continue
-            mine = table[table["test"] == f"{claim.id}.{index + 1}"]
-            for r in mine.itertuples(index=False):
-                rows.append(
-                    {
-                        "model": r.model, "task": r.task, "quantizer": r.quantizer,
-                        "relation": f"{test.statistic}({test.a}, {test.b})",
-                        **{f"paper_{t}": cells.get(t, "") for t in ("QNLI", "MNLI", "SST-2", "QQP")},
-                        "ours": r.effect, "low": r.low, "high": r.high, "noise": r.noise,
-                        "verdict": r.verdict, "scale": f"paper: {book.paper_scale}; ours: {r.scale}",
-                    }
-                )  # fmt: skip
-    return pd.DataFrame(rows, columns=PAPER_COLUMNS)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import claims, report
+from . import claims, claims_report, report
 from .evaluate.results import read_results
 from .io import atomic_path
 
@@ -14,7 +14,7 @@ from .io import atomic_path
 TABLES = {
     **report.TABLES,
     "paper": (
-        lambda results, reference: claims.paper_table(results),
+        lambda results, reference: claims_report.paper_table(results),
         "no group has two methods that the paper's main table relates",
     ),
 }
@@ -53,12 +53,13 @@ def report_from_cli(args) -> None:
             print(f"wrote {out / name}.csv/.md: {len(table)} rows")
     elif args.report == "claims":
         book = claims.load_claims()
-        table = claims.claims_table(results, book, replicates=args.replicates)
+        table, diagnostics = claims.evaluate_claims(results, book, replicates=args.replicates)
         summary = claims.claims_summary(table, book)
         write_table(table, args.out)
         if args.markdown:
+            text = claims_report.claims_markdown(table, summary, diagnostics, book)
             with atomic_path(args.markdown, suffix=".md") as tmp:
-                tmp.write_text(claims.claims_markdown(table, summary))
+                tmp.write_text(text)
         for row in summary.itertuples(index=False):
             print(f"{row.claim}: {row.verdict} ({row.tests} tests)")
         print(f"wrote {args.out}: {len(table)} rows")

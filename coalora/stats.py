@@ -87,16 +87,38 @@ def combine(per_seed: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
     resampled = columns > 1
     se_seed2 = float(per_seed[:, 0].var(ddof=1)) / n_seeds if n_seeds > 1 else 0.0
     se_test2 = float(per_seed[:, 1:].mean(axis=0).var(ddof=1)) if resampled else 0.0
+    return interval_from_components(effect, se_seed2, se_test2, n_seeds, resampled, confidence)
+
+
+def quantile(se_seed2, se_test2, n_seeds, confidence: float = CONFIDENCE):
+    """The interval's t quantile: Welch-Satterthwaite degrees of freedom from the seed part
+    (``n_seeds - 1``; the test part taken as exact), normal without seed variance. Works on
+    arrays too (the planner, ``coalora.power``, evaluates it over a grid of designs)."""
+    se_seed2, se_test2 = np.asarray(se_seed2, float), np.asarray(se_test2, float)
+    n_seeds = np.asarray(n_seeds, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (se_seed2 + se_test2) ** 2 / (se_seed2**2 / (n_seeds - 1))
+    level = 0.5 + confidence / 2
+    t = scipy_stats.t.ppf(level, np.where(se_seed2 > 0, df, 1.0))
+    return np.where(se_seed2 > 0, t, scipy_stats.norm.ppf(level)), df
+
+
+def interval_from_components(
+    effect: float,
+    se_seed2: float,
+    se_test2: float,
+    n_seeds: int,
+    resampled: bool,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """The interval from the effect and its two squared standard errors (``combine``'s last
+    step; the power check in ``tests/test_claims.py`` builds intervals with it too)."""
     variance = se_seed2 + se_test2
     noise = noise_sources(n_seeds, resampled)
     if not (n_seeds > 1 or resampled) or not math.isfinite(variance):
         return Interval(effect, math.nan, math.nan, n_seeds, 0.0, 0.0, noise)
-    if se_seed2 > 0:
-        df = variance**2 / (se_seed2**2 / (n_seeds - 1))
-        quantile = float(scipy_stats.t.ppf(0.5 + confidence / 2, df))
-    else:
-        quantile = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
-    half = quantile * math.sqrt(variance)
+    t, _ = quantile(se_seed2, se_test2, n_seeds, confidence)
+    half = float(t) * math.sqrt(variance)
     return Interval(
         effect, effect - half, effect + half, n_seeds, math.sqrt(se_seed2), math.sqrt(se_test2),
         noise,
