@@ -32,7 +32,10 @@ from .evaluate.results import read_result
 from .io import atomic_path
 
 CLAIMS_FILE_NAME = "claims.csv"  # the workflow's claims table, in the results directory
-TEST_KEY = ["test", "model", "task", "quantizer", "comparison"]
+# A test with a margin has a row per reading (superior, comparable); tables written before
+# readings existed have no such column (read as one reading, "").
+TEST_KEY = ["test", "model", "task", "quantizer", "comparison", "reading"]
+OPTIONAL_KEY = {"reading": ""}
 # The claims.csv columns this module reads (others may come and go).
 NUMERIC_FIELDS = ["effect", "low", "high"]
 CLAIM_FIELDS = ["claim", *TEST_KEY, "statistic", "unit", *NUMERIC_FIELDS, "verdict", "noise"]
@@ -93,6 +96,9 @@ def read_claims(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a readable claims table: {message}") from None
+    for column, absent in OPTIONAL_KEY.items():
+        if column not in table.columns:
+            table[column] = absent
     missing = [c for c in CLAIM_FIELDS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
