@@ -261,11 +261,9 @@ _SET_BY_IMPORTS: dict[str, str] = {}
 _DEFAULT_THREADS = 1  # set by serve(): the thread count this process chose at start-up
 
 
-def serve(path: str, parent: int | None = None) -> None:
-    """Import :data:`PRELOAD`, listen on ``path`` and fork a child per call, until
-    ``parent`` (a pid) is gone, the socket is removed, or SIGTERM."""
-    global _DEFAULT_THREADS
-    started = time.monotonic()
+def preload() -> None:
+    """What the server does once for all its children: import :data:`PRELOAD`, read the
+    methods' entry points and parse the embedded corpus."""
     for module in PRELOAD:
         importlib.import_module(module)
     from coalora.methods import registered_methods
@@ -274,6 +272,14 @@ def serve(path: str, parent: int | None = None) -> None:
     from coalora.data import bible_verses
 
     bible_verses()  # the embedded corpus, parsed once (0.5-0.7 s per job that reads it)
+
+
+def serve(path: str, parent: int | None = None) -> None:
+    """Import :data:`PRELOAD`, listen on ``path`` and fork a child per call, until
+    ``parent`` (a pid) is gone, the socket is removed, or SIGTERM."""
+    global _DEFAULT_THREADS
+    started = time.monotonic()
+    preload()
     import torch
 
     _DEFAULT_THREADS = torch.get_num_threads()
