@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out-dir", required=True, help="folder for <table>.csv and <table>.md")
     t.add_argument("--reference", default=None, help="method of the Acc. gap (default: QLoRA)")
-    t = kinds.add_parser("claims", help="verdicts on the paper's claims, with 95% intervals")
+    t = kinds.add_parser("claims", help="verdicts on the paper's claims, with 95%% intervals")
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out", required=True, help="CSV to write (one row per claim test)")
     t.add_argument("--markdown", help="Markdown to write (verdict per claim, then the tests)")
