@@ -24,7 +24,9 @@ own process as before (a "cold" start):
 
 The child ends when its caller does: Ctrl-C or SIGTERM to the caller is passed on, and a
 caller that is killed outright closes the socket, which the child watches. The server ends
-when the process that started it is gone, when its socket is removed, or on SIGTERM.
+when the process that started it is gone, when its socket is removed, or on SIGTERM. Its
+socket's directory is named with that process's pid: a start removes those a hard kill left
+behind (:func:`remove_stale_dirs`).
 
 Only the standard library is imported here: the caller's side must cost nothing.
 """
@@ -90,6 +92,9 @@ PRELOAD = (
     "transformers.models.bert.modeling_bert",
     "transformers.models.llama.modeling_llama",
 )
+
+# The socket directories under $TMPDIR: coalora-fs-<pid of the server's parent>-<random>.
+DIR_PREFIX = "coalora-fs-"
 
 _HEADER = struct.Struct("!I")  # length of the JSON request that follows the file descriptors
 
@@ -340,8 +345,10 @@ def start(log: str):
     import subprocess
     import tempfile
 
-    # A Unix socket's path holds at most 107 bytes: a short directory of its own.
-    path = os.path.join(tempfile.mkdtemp(prefix="coalora-fs-"), "server.sock")
+    remove_stale_dirs()
+    # A Unix socket's path holds at most 107 bytes: a short directory of its own, named with
+    # the pid of the process the server serves (and ends with).
+    path = os.path.join(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"), "server.sock")
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -352,6 +359,42 @@ def start(log: str):
         )
     os.environ[SOCKET_ENV] = path
     return process, path, log
+
+
+def remove_stale_dirs() -> list[str]:
+    """Remove the socket directories of :func:`start` (``$TMPDIR/coalora-fs-<pid>-*``) that
+    a hard kill left behind: this user's, whose pid is gone (its server ends with it). Those
+    of a live process, other users' and names without a pid are kept. Returns the removed."""
+    import re
+    import shutil
+    import stat
+    import tempfile
+
+    owner_pid = re.compile(re.escape(DIR_PREFIX) + r"(\d+)-")
+    removed = []
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            match = owner_pid.match(entry.name)
+            if not match or _alive(int(match[1])):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # another server's start removed it meanwhile
+                continue
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                shutil.rmtree(entry.path, ignore_errors=True)  # a concurrent start may too
+                removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def stop(process, path: str, log: str) -> None:
