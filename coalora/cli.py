@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import forkserver
+from . import forkclient
 from .timing import mark
 
 # Each handler imports what its sub-command runs, inside the handler: `coalora --help`,
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line's entry: in a child of the workflow's fork server when one is
     running (coalora.forkserver: torch and the rest already imported), else right here."""
     if argv is None:
-        status = forkserver.call(sys.argv[1:])
+        status = forkclient.call(sys.argv[1:])
         if status is not None:
             return status
     return run_here(argv)

@@ -28,7 +28,9 @@ when the process that started it is gone, when its socket is removed, or on SIGT
 socket's directory is named with that process's pid: a start removes those a hard kill left
 behind (:func:`remove_stale_dirs`).
 
-Only the standard library is imported here: the caller's side must cost nothing.
+The caller's side is coalora.forkclient (which coalora.cli imports); this module, the
+server's, imports coalora.cli in the child. Only the standard library is imported at the top
+of both: the workflow's process and every caller import them.
 """
 
 from __future__ import annotations
@@ -39,12 +41,11 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 
-SOCKET_ENV = "COALORA_FORKSERVER"
+from .forkclient import REQUEST_HEADER, SOCKET_ENV
 
 # Environment variables a child may have that differ from the server's: read only after
 # start-up (or applied by the child itself), so a fork serves them as a fresh process would.
@@ -96,68 +97,6 @@ PRELOAD = (
 # The socket directories under $TMPDIR: coalora-fs-<pid of the server's parent>-<random>.
 DIR_PREFIX = "coalora-fs-"
 
-_HEADER = struct.Struct("!I")  # length of the JSON request that follows the file descriptors
-
-
-# --- the caller's side ------------------------------------------------------------------
-
-
-def call(argv: list[str]) -> int | None:
-    """Run ``coalora <argv>`` in a child of the server named by ``$COALORA_FORKSERVER``
-    and return its exit status, or None when there is no server or it declines the call
-    (the caller then runs the command itself)."""
-    path = os.environ.get(SOCKET_ENV)
-    if not path:
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.settimeout(5.0)
-        conn.connect(path)
-        request = json.dumps(
-            {
-                "argv": list(argv),
-                "cwd": os.getcwd(),
-                "env": dict(os.environ),
-                "executable": sys.executable,
-                "path": sys.path,
-            }
-        ).encode()
-        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
-        conn.sendall(request)
-        conn.settimeout(None)
-        replies = conn.makefile("r", encoding="utf-8")
-        first = json.loads(replies.readline() or "{}")
-    except (OSError, ValueError):
-        conn.close()
-        return None
-    if "pid" not in first:  # declined (first["declined"] says why) or the server went away
-        conn.close()
-        return None
-    child = first["pid"]
-    passed_on: list[int] = []
-
-    def pass_on(signum, _frame):
-        passed_on.append(signum)
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, pass_on)
-    last = replies.readline()
-    conn.close()
-    if not last:
-        if passed_on:  # ended by the signal it was passed, as a cold process would be
-            return 128 + passed_on[-1]
-        print(
-            f"coalora: error: the command's process (pid {child}) ended without an exit "
-            "status (killed?)",
-            file=sys.stderr,
-        )
-        return 137
-    return int(json.loads(last)["rc"])
-
 
 # --- the server's side ------------------------------------------------------------------
 
@@ -200,10 +139,10 @@ def _exit_when_caller_gone(conn: socket.socket) -> None:
 
 def _serve_child(conn: socket.socket) -> None:
     """In the forked child: become the caller's command, run it, report its status."""
-    header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
-    if len(header) < _HEADER.size:
-        header += _recv_exactly(conn, _HEADER.size - len(header))
-    request = json.loads(_recv_exactly(conn, _HEADER.unpack(header)[0]))
+    header, fds, _, _ = socket.recv_fds(conn, REQUEST_HEADER.size, 3)
+    if len(header) < REQUEST_HEADER.size:
+        header += _recv_exactly(conn, REQUEST_HEADER.size - len(header))
+    request = json.loads(_recv_exactly(conn, REQUEST_HEADER.unpack(header)[0]))
     reason = why_not_served(request) if len(fds) == 3 else "no standard streams passed"
     if reason:
         print(f"declined: {reason}: coalora {' '.join(request['argv'])}", flush=True)

@@ -207,3 +207,12 @@ def test_a_start_removes_the_socket_dirs_of_gone_processes_only(tmp_path, monkey
     finally:
         forkserver.stop(process, path, log)
     assert not Path(path).parent.exists()
+
+
+def test_the_command_imports_only_the_callers_side():
+    # coalora.cli -> coalora.forkclient; coalora.forkserver -> coalora.cli (in the child):
+    # no cycle, and a call pays for neither the server nor torch before it is handed over.
+    code = "import sys, coalora.cli; print(sorted(m for m in sys.modules if 'fork' in m or m == 'torch'))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['coalora.forkclient']"]
