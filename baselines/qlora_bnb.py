@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from coalora.bnb import import_bitsandbytes
 from coalora.export import write_adapter_manifest
 from coalora.io import atomic_dir, write_json
 from coalora.lora import task_head_names
@@ -79,7 +80,7 @@ def bnb_nf4_dequantized(weight: torch.Tensor, double_quant: bool = True) -> torc
 
     ``double_quant=False`` is what peft's LoftQ uses (``compress_statistics=False``).
     """
-    import bitsandbytes.functional as bnbf
+    bnbf = import_bitsandbytes().functional
 
     w = weight.detach().to(torch.float32).contiguous()
     packed, state = bnbf.quantize_4bit(
@@ -98,7 +99,7 @@ def load_bnb_model(
     model: nn.Module, targets: list[QuantTarget], settings: BnbSettings = BNB_SETTINGS
 ):
     """``model`` reloaded with its targeted linears as bitsandbytes 4-bit layers."""
-    import bitsandbytes as bnb
+    bnb = import_bitsandbytes()
 
     target_names = {t.name for t in targets}
     skip = [

@@ -79,9 +79,10 @@ class Table:
 
 
 def bench_quantizer(table: Table, repeats: int) -> None:
-    import bitsandbytes.functional as bnbf
-
+    from coalora.bnb import import_bitsandbytes
     from coalora.quant import QuantConfig, quantize_dequantize
+
+    bnbf = import_bitsandbytes().functional
 
     qc = QuantConfig(*QLORA_LIKE)
     gen = torch.Generator().manual_seed(0)

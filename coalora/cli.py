@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import forkserver
+from . import forkclient
 from .timing import mark
 
 # Each handler imports what its sub-command runs, inside the handler: `coalora --help`,
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out-dir", required=True, help="folder for <table>.csv and <table>.md")
     t.add_argument("--reference", default=None, help="method of the Acc. gap (default: QLoRA)")
-    t = kinds.add_parser("claims", help="verdicts on the paper's claims, with 95% intervals")
+    t = kinds.add_parser("claims", help="verdicts on the paper's claims, with 95%% intervals")
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out", required=True, help="CSV to write (one row per claim test)")
     t.add_argument("--markdown", help="Markdown to write (verdict per claim, then the tests)")
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line's entry: in a child of the workflow's fork server when one is
     running (coalora.forkserver: torch and the rest already imported), else right here."""
     if argv is None:
-        status = forkserver.call(sys.argv[1:])
+        status = forkclient.call(sys.argv[1:])
         if status is not None:
             return status
     return run_here(argv)

@@ -24,9 +24,13 @@ own process as before (a "cold" start):
 
 The child ends when its caller does: Ctrl-C or SIGTERM to the caller is passed on, and a
 caller that is killed outright closes the socket, which the child watches. The server ends
-when the process that started it is gone, when its socket is removed, or on SIGTERM.
+when the process that started it is gone, when its socket is removed, or on SIGTERM. Its
+socket's directory is named with that process's pid: a start removes those a hard kill left
+behind (:func:`remove_stale_dirs`).
 
-Only the standard library is imported here: the caller's side must cost nothing.
+The caller's side is coalora.forkclient (which coalora.cli imports); this module, the
+server's, imports coalora.cli in the child. Only the standard library is imported at the top
+of both: the workflow's process and every caller import them.
 """
 
 from __future__ import annotations
@@ -37,12 +41,11 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 
-SOCKET_ENV = "COALORA_FORKSERVER"
+from .forkclient import REQUEST_HEADER, SOCKET_ENV
 
 # Environment variables a child may have that differ from the server's: read only after
 # start-up (or applied by the child itself), so a fork serves them as a fresh process would.
@@ -91,67 +94,8 @@ PRELOAD = (
     "transformers.models.llama.modeling_llama",
 )
 
-_HEADER = struct.Struct("!I")  # length of the JSON request that follows the file descriptors
-
-
-# --- the caller's side ------------------------------------------------------------------
-
-
-def call(argv: list[str]) -> int | None:
-    """Run ``coalora <argv>`` in a child of the server named by ``$COALORA_FORKSERVER``
-    and return its exit status, or None when there is no server or it declines the call
-    (the caller then runs the command itself)."""
-    path = os.environ.get(SOCKET_ENV)
-    if not path:
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.settimeout(5.0)
-        conn.connect(path)
-        request = json.dumps(
-            {
-                "argv": list(argv),
-                "cwd": os.getcwd(),
-                "env": dict(os.environ),
-                "executable": sys.executable,
-                "path": sys.path,
-            }
-        ).encode()
-        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
-        conn.sendall(request)
-        conn.settimeout(None)
-        replies = conn.makefile("r", encoding="utf-8")
-        first = json.loads(replies.readline() or "{}")
-    except (OSError, ValueError):
-        conn.close()
-        return None
-    if "pid" not in first:  # declined (first["declined"] says why) or the server went away
-        conn.close()
-        return None
-    child = first["pid"]
-    passed_on: list[int] = []
-
-    def pass_on(signum, _frame):
-        passed_on.append(signum)
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, pass_on)
-    last = replies.readline()
-    conn.close()
-    if not last:
-        if passed_on:  # ended by the signal it was passed, as a cold process would be
-            return 128 + passed_on[-1]
-        print(
-            f"coalora: error: the command's process (pid {child}) ended without an exit "
-            "status (killed?)",
-            file=sys.stderr,
-        )
-        return 137
-    return int(json.loads(last)["rc"])
+# The socket directories under $TMPDIR: coalora-fs-<pid of the server's parent>-<random>.
+DIR_PREFIX = "coalora-fs-"
 
 
 # --- the server's side ------------------------------------------------------------------
@@ -195,10 +139,10 @@ def _exit_when_caller_gone(conn: socket.socket) -> None:
 
 def _serve_child(conn: socket.socket) -> None:
     """In the forked child: become the caller's command, run it, report its status."""
-    header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
-    if len(header) < _HEADER.size:
-        header += _recv_exactly(conn, _HEADER.size - len(header))
-    request = json.loads(_recv_exactly(conn, _HEADER.unpack(header)[0]))
+    header, fds, _, _ = socket.recv_fds(conn, REQUEST_HEADER.size, 3)
+    if len(header) < REQUEST_HEADER.size:
+        header += _recv_exactly(conn, REQUEST_HEADER.size - len(header))
+    request = json.loads(_recv_exactly(conn, REQUEST_HEADER.unpack(header)[0]))
     reason = why_not_served(request) if len(fds) == 3 else "no standard streams passed"
     if reason:
         print(f"declined: {reason}: coalora {' '.join(request['argv'])}", flush=True)
@@ -261,11 +205,9 @@ _SET_BY_IMPORTS: dict[str, str] = {}
 _DEFAULT_THREADS = 1  # set by serve(): the thread count this process chose at start-up
 
 
-def serve(path: str, parent: int | None = None) -> None:
-    """Import :data:`PRELOAD`, listen on ``path`` and fork a child per call, until
-    ``parent`` (a pid) is gone, the socket is removed, or SIGTERM."""
-    global _DEFAULT_THREADS
-    started = time.monotonic()
+def preload() -> None:
+    """What the server does once for all its children: import :data:`PRELOAD`, read the
+    methods' entry points and parse the embedded corpus."""
     for module in PRELOAD:
         importlib.import_module(module)
     from coalora.methods import registered_methods
@@ -274,6 +216,14 @@ def serve(path: str, parent: int | None = None) -> None:
     from coalora.data import bible_verses
 
     bible_verses()  # the embedded corpus, parsed once (0.5-0.7 s per job that reads it)
+
+
+def serve(path: str, parent: int | None = None) -> None:
+    """Import :data:`PRELOAD`, listen on ``path`` and fork a child per call, until
+    ``parent`` (a pid) is gone, the socket is removed, or SIGTERM."""
+    global _DEFAULT_THREADS
+    started = time.monotonic()
+    preload()
     import torch
 
     _DEFAULT_THREADS = torch.get_num_threads()
@@ -334,8 +284,10 @@ def start(log: str):
     import subprocess
     import tempfile
 
-    # A Unix socket's path holds at most 107 bytes: a short directory of its own.
-    path = os.path.join(tempfile.mkdtemp(prefix="coalora-fs-"), "server.sock")
+    remove_stale_dirs()
+    # A Unix socket's path holds at most 107 bytes: a short directory of its own, named with
+    # the pid of the process the server serves (and ends with).
+    path = os.path.join(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"), "server.sock")
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -346,6 +298,42 @@ def start(log: str):
         )
     os.environ[SOCKET_ENV] = path
     return process, path, log
+
+
+def remove_stale_dirs() -> list[str]:
+    """Remove the socket directories of :func:`start` (``$TMPDIR/coalora-fs-<pid>-*``) that
+    a hard kill left behind: this user's, whose pid is gone (its server ends with it). Those
+    of a live process, other users' and names without a pid are kept. Returns the removed."""
+    import re
+    import shutil
+    import stat
+    import tempfile
+
+    owner_pid = re.compile(re.escape(DIR_PREFIX) + r"(\d+)-")
+    removed = []
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            match = owner_pid.match(entry.name)
+            if not match or _alive(int(match[1])):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # another server's start removed it meanwhile
+                continue
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                shutil.rmtree(entry.path, ignore_errors=True)  # a concurrent start may too
+                removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def stop(process, path: str, log: str) -> None:

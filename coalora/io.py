@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CACHE_ENV = "COALORA_CACHE"
+DEFAULT_CACHE = "~/.cache/coalora"  # where the caches live when $COALORA_CACHE is not set
 
 
 def cache_root() -> Path:
-    """Root of coalora's caches: ``$COALORA_CACHE`` or ``~/.cache/coalora``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "coalora").expanduser()
+    """Root of coalora's caches: ``$COALORA_CACHE`` or :data:`DEFAULT_CACHE`."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
 @contextmanager

@@ -1,12 +1,13 @@
 """The `coalora` command end to end on tiny models: allocate, train (with search), adapt."""
 
+import argparse
 import json
 
 import pytest
 import torch
 from peft import PeftModel
 
-from coalora.cli import main
+from coalora.cli import build_parser, main
 from coalora.models import load_model
 from coalora.quant import ModelQConfig, apply_qconfig, quantizable_targets
 from coalora.runner import load_trained
@@ -24,6 +25,31 @@ def coa_checkpoint(tmp_path_factory):
     args += ["--budgets", "2.5,3,3.5,4", "--set", "epoch_steps=4", "--set", "search_candidates=3"]
     assert main(args) == 0
     return out
+
+
+def command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """``path`` and, under it, every sub-command and sub-sub-command of ``parser``."""
+    yield path
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_paths(sub, (*path, name))
+
+
+COMMAND_PATHS = list(command_paths(build_parser()))
+
+
+def test_the_command_tree_is_walked():
+    assert {("report",), ("report", "claims"), ("train",)} <= set(COMMAND_PATHS)
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda path: " ".join(path) or "coalora")
+def test_every_help_prints_and_exits_0(path, capsys):
+    # argparse formats help strings with %: a bare "%" in one crashes that --help.
+    with pytest.raises(SystemExit) as stop:
+        main([*path, "--help"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {' '.join(('coalora', *path))} ")
 
 
 def test_allocate_writes_a_configuration_within_budget(tmp_path):

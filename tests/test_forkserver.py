@@ -7,7 +7,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +173,46 @@ def test_a_served_command_ends_with_its_caller(server, tmp_path, how):
     if how == "SIGTERM":
         assert status == 128 + signal.SIGTERM
     assert not (tmp_path / "ckpt").exists()
+
+
+def socket_dir(root, pid, suffix="x"):
+    path = root / f"{forkserver.DIR_PREFIX}{pid}-{suffix}"
+    path.mkdir()
+    (path / "server.sock").write_text("")
+    return path
+
+
+def test_a_start_removes_the_socket_dirs_of_gone_processes_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()  # its pid is now gone
+    stale = socket_dir(tmp_path, ended.pid)
+    live = socket_dir(tmp_path, os.getpid())
+    (tmp_path / f"{forkserver.DIR_PREFIX}unnamed").mkdir()  # no pid: whose it is is unknown
+    (tmp_path / f"{forkserver.DIR_PREFIX}{ended.pid}-file").write_text("")  # not a directory
+    kept = sorted(p.name for p in tmp_path.iterdir() if p != stale)
+    # Another user's: kept even when its process is gone.
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)
+    assert forkserver.remove_stale_dirs() == [] and stale.exists()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid)
+    assert forkserver.remove_stale_dirs() == [str(stale)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept and live.exists()
+    # start() removes them before it makes its own (named with its pid).
+    again = socket_dir(tmp_path, ended.pid, "y")
+    process, path, log = forkserver.start(log=str(tmp_path / "fork_server.log"))
+    try:
+        assert not again.exists()
+        assert Path(path).parent.name.startswith(f"{forkserver.DIR_PREFIX}{os.getpid()}-")
+    finally:
+        forkserver.stop(process, path, log)
+    assert not Path(path).parent.exists()
+
+
+def test_the_command_imports_only_the_callers_side():
+    # coalora.cli -> coalora.forkclient; coalora.forkserver -> coalora.cli (in the child):
+    # no cycle, and a call pays for neither the server nor torch before it is handed over.
+    code = "import sys, coalora.cli; print(sorted(m for m in sys.modules if 'fork' in m or m == 'torch'))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['coalora.forkclient']"]

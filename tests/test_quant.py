@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coalora.bnb import import_bitsandbytes
 from coalora.quant import (
     ALL_OPTIONS,
     MAX_BITS,
@@ -71,7 +72,7 @@ def test_field_index_encoding_round_trips(i):
 
 
 def test_nf4_equals_bitsandbytes_table():
-    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    bnb_functional = import_bitsandbytes().functional
     table = bnb_functional.get_4bit_type("nf4", device="cpu").sort().values
     assert torch.equal(codebook(4, "nf"), table)
 
