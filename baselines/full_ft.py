@@ -1,50 +1,31 @@
 """Full fine-tuning: the full-precision reference. Every weight trains (embeddings, norms and
 heads included), nothing is quantized and there is no LoRA.
 
-Configurations play no part: the method trains with one full-precision pass per step (not K
-identical ones), and the model for any configuration is the full-precision model. Its fixed
-configuration set is empty (``fixed_configs``); configurations given to it anyway are recorded
-with the checkpoint and otherwise ignored.
+Configurations play no part (``common.FullPrecisionMethod``): one full-precision pass per
+step, the full-precision model under any configuration, an empty fixed configuration set.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from coalora.export import write_adapter_manifest
 from coalora.io import atomic_dir
-from coalora.methods import Method, Serves
 from coalora.quant import ModelQConfig
-from coalora.quant.targets import QuantTarget
+
+from .common import FullPrecisionMethod
 
 
-class FullFineTuning(Method):
+class FullFineTuning(FullPrecisionMethod):
     name = "full-ft"
-    serves = Serves.FULL_PRECISION
-
-    @classmethod
-    def fixed_configs(cls, targets: list[QuantTarget]) -> list[ModelQConfig]:
-        """No configuration: full precision."""
-        return []
 
     def setup(self) -> dict:
-        if self.qbase.current is not None:
-            self.qbase.restore()  # start from the full-precision weights
+        self.restore_full_precision()
         for p in self.model.parameters():
             p.requires_grad_(True)
         return {}
-
-    def configs_for_step(self, rng: np.random.Generator, k: int) -> list[None]:
-        return [None]  # one full-precision pass per step, whatever K is
-
-    def activate(self, mqc: ModelQConfig | None) -> None:
-        # Full precision under every configuration. Never qbase.restore() here: it would
-        # overwrite the trained weights with the pretrained ones.
-        if mqc is not None:
-            mqc.check_targets(self.targets)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         # named_parameters() lists a tied weight once (safetensors refuses shared tensors).

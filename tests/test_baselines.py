@@ -64,6 +64,7 @@ def logits(model, batch):
 
 def test_every_baseline_is_registered():
     names = {"qlora", "qlora-bnb", "lqlora", "loftq", "gptq-lora", "shared-lora", "full-ft"}
+    names |= {"lora-fp"}
     assert all(get_method(n).name == n for n in names)
     per_config = {n for n in names if get_method(n).per_config}
     assert per_config == {"qlora", "qlora-bnb", "lqlora", "loftq", "gptq-lora"}
@@ -80,6 +81,7 @@ def test_every_baseline_is_registered():
         "gptq-lora": "trained",
         "qlora-bnb": "fixed",
         "full-ft": "full-precision",
+        "lora-fp": "full-precision",
     }
     assert [n for n, t in traits.items() if t["own_allocation"]] == ["lqlora"]
     assert traits["lqlora"]["options"] == ["iters", "randomized", "oversampling", "fisher_task"]
@@ -145,6 +147,7 @@ def test_options_are_keyed_by_method(lm_task):
         ("qlora-bnb", BNB_NF4),
         pytest.param("gptq-lora", NF2, marks=needs_llmcompressor),
         ("full-ft", NF2),
+        ("lora-fp", NF2),  # the configuration given is ignored: trained and exported unquantized
     ],
 )
 def test_training_lowers_the_loss_and_export_reloads(method, option, lm_task, tmp_path):
@@ -225,6 +228,54 @@ def test_full_ft_needs_no_configuration_and_trains_every_weight(lm_task):
         logits(fresh.prepare_eval(None), batches.batch(0)),
         logits(runner.prepare_eval(None), batches.batch(0)),
     )
+
+
+def test_lora_fp_trains_lora_on_the_unquantized_base_and_exports_a_plain_adapter(tmp_path):
+    """The full-precision LoRA reference through the workflow's own command (train, then
+    evaluate under its one configuration in the same process): only the LoRA factors train,
+    the base is never quantized, its record is the full-precision row, and its export is a
+    peft adapter over the unquantized base with the same logits."""
+    from peft import PeftModel
+
+    from coalora.cli import main
+    from coalora.evaluate.results import FULL_PRECISION
+    from coalora.export import QCONFIG_FILE
+
+    ckpt, record_path = tmp_path / "ckpt", tmp_path / "eval" / "full-precision.json"
+    args = ["train", "--model", "tiny-llama", "--task", "bible-lm", "--method", "lora-fp"]
+    args += ["--max-train", "64", "--steps", "8", "--out", str(ckpt)]
+    for key, value in dict(batch_size=4, max_length=32, r=4, alpha=8, lr=0.01).items():
+        args += ["--set", f"{key}={value}"]
+    args += ["--evaluate-out", str(record_path), "--label", "lora-fp"]
+    args += ["--window", "32", "--limit", "4", "--lm-eval-tasks"]
+    assert main(args) == 0
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    first, last = manifest["loss_first_last"]
+    assert last < first and manifest["num_train_configs"] == 0
+    record = json.loads(record_path.read_text())
+    assert (record["method"], record["config_name"]) == ("lora-fp", FULL_PRECISION)
+    assert (record["quantizer"], record["avg_bits"], record["seen"]) == ("none", 32.0, None)
+    assert record["protocol"]["serves"] == "full-precision"
+
+    runner, _ = load_trained(ckpt)
+    pretrained = load_model("tiny-llama").model
+    assert runner.wrappers and all(w.lora_B.abs().max() > 0 for w in runner.wrappers.values())
+    base = {n: p for n, p in runner.model.named_parameters() if "lora_" not in n}
+    fresh = dict(pretrained.named_parameters())
+    # The base weights are the pretrained ones, never quantized (the wrapper renames them).
+    assert len(base) == len(fresh)
+    for (name, p), q in zip(base.items(), fresh.values(), strict=True):
+        assert torch.equal(p, q), name
+    input_ids = torch.tensor([[1, 5, 9, 13, 2, 40, 33, 7], [3, 3, 60, 21, 8, 0, 11, 19]])
+    with torch.no_grad():
+        expected = runner.prepare_eval(None)(input_ids=input_ids).logits
+        assert (expected - pretrained(input_ids=input_ids).logits).abs().max() > 1e-3
+    out = runner.export(None, tmp_path / "export", "tiny-llama")
+    assert not (out / QCONFIG_FILE).exists()
+    # peft alone, on a fresh unquantized base: no coalora code.
+    loaded = PeftModel.from_pretrained(load_model("tiny-llama").model, str(out)).eval()
+    with torch.no_grad():
+        assert (loaded(input_ids=input_ids).logits - expected).abs().max().item() <= 1e-5
 
 
 def test_shared_lora_trains_one_adapter_under_several_configurations(lm_task):

@@ -172,6 +172,8 @@ def ci_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
+    from coalora.methods import method_traits
+
     tmp_path = ci_run
     results = tmp_path / "results-ci"
     with open(results / "table1.csv") as handle:
@@ -180,13 +182,18 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
     pairs = {(r["task"], r["method"]) for r in rows}
     assert ("bible-lm", "coalora") in pairs and ("bible-testament", "qlora") in pairs
     assert ("bible-lm", "none") in pairs
+    serves = {m: t["serves"] for m, t in method_traits().items()}
     for row in rows:
-        assert float(row["hv"]) > 0
+        # A full-precision row (32 bits) lies outside the HV box: it adds no area.
+        assert float(row["hv"]) > 0 or serves.get(row["method"]) == "full-precision", row
         if row["method"] not in ("none",):
             assert float(row["train_seconds"]) > 0
     # Two seeds on the encoder experiment: every number of its rows is over both.
     seeds = {r["method"]: r["n_seeds"] for r in rows if r["task"] == "bible-testament"}
-    assert seeds == {"none": "1", "coalora": "2", "qlora": "2"}
+    assert seeds == {"none": "1", "coalora": "2", "qlora": "2", "lora-fp": "2"}
+    # LoRA on the unquantized base: one full-precision evaluation per seed, its own row.
+    full = results / "tiny-bert-testament" / "lora-fp"
+    assert sorted(p.name for p in full.glob("s*/eval/*.json")) == ["full-precision.json"] * 2
     for figure in ("tiny-llama-lm_pareto.png", "tiny-llama-lm_pareto.svg"):
         assert (results / "figures" / figure).stat().st_size > 1000
     assert not list(results.rglob("*.tmp"))
@@ -348,15 +355,18 @@ def test_every_registered_method_runs_in_the_workflow(tmp_path):
     def evaluations(method):
         return [read_result(p) for p in sorted((results / exp / method / "s0" / "eval").glob("*"))]
 
-    # Full fine-tuning at full precision; QLoRA-bnb at its one configuration (NF4, double
-    # quantization); per-configuration methods at each evaluated budget; CoA-LoRA at each.
-    [full] = evaluations("full-ft")
-    assert (full["config_name"], full["quantizer"], full["avg_bits"]) == (
-        "full-precision",
-        "none",
-        32.0,
-    )
-    assert full["protocol"]["serves"] == "full-precision" and rows["full-ft"]["solutions"] == "1"
+    # Full fine-tuning and LoRA on the unquantized base at full precision; QLoRA-bnb at its
+    # one configuration (NF4, double quantization); per-configuration methods at each
+    # evaluated budget; CoA-LoRA at each.
+    for method in ("full-ft", "lora-fp"):
+        [full] = evaluations(method)
+        assert (full["config_name"], full["quantizer"], full["avg_bits"]) == (
+            "full-precision",
+            "none",
+            32.0,
+        ), method
+        assert full["protocol"]["serves"] == "full-precision", method
+        assert rows[method]["solutions"] == "1", method
     [bnb] = evaluations("qlora-bnb")
     assert bnb["config_name"] == "bnb-nf4-double-quant" and bnb["seen"] is True
     assert 4.0 < bnb["avg_bits"] < 4.2 and rows["qlora-bnb"]["solutions"] == "1"

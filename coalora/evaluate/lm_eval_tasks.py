@@ -151,6 +151,25 @@ def _file_sha256(path: Path) -> str:
 
 # ============================================================================ running
 
+# lm-eval's HFLM logs two warnings whenever it is given a model object instead of a hub name
+# (``lm_eval/models/huggingface.py``, lm-eval 0.4.13), whatever else it is passed. Passing a
+# name is no option: the model evaluated is the one in memory, its weights quantized and its
+# adapter set per configuration. Both warn of what is intended here (one process, no
+# accelerate, no ``parallelize``), so exactly these two are dropped while HFLM is built.
+HFLM_LOGGER = "lm_eval.models.huggingface"
+IN_MEMORY_MODEL_WARNINGS = (
+    "`pretrained` model kwarg is not of type `str`.",
+    "Passed an already-initialized model through `pretrained`,",
+)
+
+
+def _drop_in_memory_model_warnings(record: logging.LogRecord) -> bool:
+    """Logging filter: False for the two warnings above, True for everything else."""
+    return not (
+        record.levelno == logging.WARNING
+        and record.getMessage().startswith(IN_MEMORY_MODEL_WARNINGS)
+    )
+
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
@@ -254,12 +273,17 @@ class LMEvalSuite:
 
         if self._lm is None or self._lm_model_id != id(model):
             logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-call info chatter
-            self._lm = HFLM(
-                pretrained=model,
-                tokenizer=tokenizer,
-                batch_size=self.batch_size,
-                max_length=self.max_length,
-            )
+            hflm_logger = logging.getLogger(HFLM_LOGGER)
+            hflm_logger.addFilter(_drop_in_memory_model_warnings)
+            try:
+                self._lm = HFLM(
+                    pretrained=model,
+                    tokenizer=tokenizer,
+                    batch_size=self.batch_size,
+                    max_length=self.max_length,
+                )
+            finally:
+                hflm_logger.removeFilter(_drop_in_memory_model_warnings)
             self._lm_model_id = id(model)
         return self._lm
 
