@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from coalora import models, runner
-from coalora.data import BIBLE_LM_TEST_BOOKS
+from coalora.data import BIBLE_LM_TEST_BOOKS, bible_verses
 from coalora.evaluate import (
     BareBase,
     EvalSettings,
@@ -34,6 +34,7 @@ from coalora.evaluate.lm_eval_tasks import (
     IN_MEMORY_MODEL_WARNINGS,
     LMEvalSuite,
     _drop_in_memory_model_warnings,
+    bible_cloze_records,
     bible_mc_records,
     embedded_tasks_dir,
 )
@@ -208,6 +209,69 @@ def test_embedded_multiple_choice_data_is_deterministic_and_well_formed():
     assert all(labels.count(k) > len(labels) / 8 for k in range(4))  # gold position varies
 
 
+def test_embedded_cloze_data_is_deterministic_and_well_formed():
+    records = bible_cloze_records()
+    assert records == bible_cloze_records()
+    assert len(records) == 444  # docs/tasks.md gives the count
+    assert {r["ref"].rsplit(" ", 1)[0] for r in records} == set(BIBLE_LM_TEST_BOOKS)
+    verses = {v.ref: v.text for v in bible_verses()}
+    for r in records:
+        choices = r["choices"]
+        assert len(choices) == 4 and len(set(choices)) == 4
+        # " word": one space, then a short lower-case word (no punctuation in any choice).
+        assert all(c[0] == " " and c[1:].isalpha() and c[1:].islower() for c in choices)
+        assert all(len(c) <= 7 for c in choices)
+        # The gold choice is the verse's own last word; only punctuation follows it there.
+        rest = verses[r["ref"]].removeprefix(r["context"] + choices[r["label"]])
+        assert rest != verses[r["ref"]] and not any(ch.isalnum() for ch in rest)
+    labels = [r["label"] for r in records]
+    assert all(labels.count(k) > len(labels) / 8 for k in range(4))  # gold position varies
+
+
+def test_embedded_cloze_scores_each_choice_as_the_word_after_one_space():
+    """lm-eval's own requests: (the verse without its last word, " word"), with no second
+    space from the task's target delimiter."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(embedded_tasks_dir()), include_defaults=False)
+    task = manager.load(["bible_cloze"])["tasks"]["bible_cloze"]
+    task.build_all_requests(limit=2)
+    docs = bible_cloze_records()[:2]
+    expected = [(d["context"], c) for d in docs for c in d["choices"]]
+    assert sorted(i.arguments for i in task.instances) == sorted(expected)
+
+
+def test_lm_eval_scores_one_row_per_cloze_context_of_one_token_choices(monkeypatch):
+    """HFLM's logits cache scores all one-token continuations of a context from one forward
+    row (a continuation of n tokens needs a row of its own unless it shares its first n - 1
+    tokens): what makes bible_cloze cheap. Counted on tiny-llama's tokenizer, whose small
+    vocabulary splits some of the words."""
+    from lm_eval.models.huggingface import HFLM
+
+    rows = []
+    model_call = HFLM._model_call
+
+    def counting_model_call(self, inps, *rest, **kwargs):
+        rows.append(inps.shape[0])
+        return model_call(self, inps, *rest, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_call", counting_model_call)
+    loaded = load_model("tiny-llama")
+    tok = loaded.tokenizer
+    limit = 12
+    metrics, _ = LMEvalSuite(["bible_cloze"], batch_size=5).run(loaded.model, tok, limit)
+    assert set(metrics) == {"lm_eval/bible_cloze/acc"}
+    rows_per_doc = []
+    for doc in bible_cloze_records()[:limit]:
+        context = tok.encode(doc["context"])
+        prefixes = set()
+        for choice in doc["choices"]:
+            continuation = tok.encode(doc["context"] + choice)[len(context) :]
+            prefixes.add(tuple(continuation[:-1]))
+        rows_per_doc.append(len(prefixes))
+    assert sum(rows) == sum(rows_per_doc) < 4 * limit  # fewer rows than choices
+
+
 def test_lm_eval_scores_the_in_memory_model_like_a_hand_computation(tmp_path):
     settings = EvalSettings(limit=4, window=64, batch_size=3)
     [record] = evaluate_configs(
@@ -223,7 +287,7 @@ def test_lm_eval_scores_the_in_memory_model_like_a_hand_computation(tmp_path):
     lm_eval = record["protocol"]["lm_eval"]
     assert lm_eval["lm_eval_version"] == "0.4.13"
     assert lm_eval["batch_size"] == 3 and lm_eval["limit"] == 4
-    for task in ("bible_ppl", "bible_mc"):
+    for task in ("bible_ppl", "bible_mc", "bible_cloze"):
         assert lm_eval["tasks"][task]["version"] == 1.0
         assert lm_eval["tasks"][task]["n_shot"] == 0
         assert lm_eval["tasks"][task]["n_samples"]["effective"] == 4
@@ -249,6 +313,23 @@ def test_lm_eval_scores_the_in_memory_model_like_a_hand_computation(tmp_path):
             acc_norm += max(range(4), key=lambda k: norm[k]) == doc["label"]
     assert metrics["lm_eval/bible_mc/acc"] == pytest.approx(acc / 4)
     assert metrics["lm_eval/bible_mc/acc_norm"] == pytest.approx(acc_norm / 4)
+
+    # bible_cloze by hand: log-likelihood of the choice (" word") right after the context.
+    docs = [json.loads(line) for line in (embedded_tasks_dir() / "bible_cloze.jsonl").open()][:4]
+    acc = 0
+    with torch.no_grad():
+        for doc in docs:
+            context = tok.encode(doc["context"])
+            lls = []
+            for choice in doc["choices"]:
+                whole = tok.encode(doc["context"] + choice)
+                logprobs = torch.log_softmax(loaded.model(torch.tensor([whole])).logits[0], -1)
+                lls.append(
+                    sum(logprobs[i - 1, whole[i]].item() for i in range(len(context), len(whole)))
+                )
+            acc += max(range(4), key=lambda k: lls[k]) == doc["label"]
+    assert metrics["lm_eval/bible_cloze/acc"] == pytest.approx(acc / 4)
+    assert "lm_eval/bible_cloze/acc_norm" not in metrics  # one-token choices: acc only
 
 
 def test_lm_eval_of_an_in_memory_model_logs_neither_hflm_warning():

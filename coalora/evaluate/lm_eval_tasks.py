@@ -9,6 +9,11 @@ deterministically, once:
   perplexity, bits per byte). The Bible classification tasks do draw verses from every book.
 - ``bible_mc``: the first half of a verse from those books, and four candidate second halves:
   its own and those of three other verses (``multiple_choice``; acc and acc_norm).
+- ``bible_cloze``: a verse from those books without its last word, and four candidate next
+  words: its own and the last words of three other verses (``multiple_choice``; acc). Each
+  choice is one short word, so in GPT-style tokenizers one token, and lm-eval's HFLM then
+  scores all four choices from one forward pass over the shared context (its
+  ``logits_cache``): a quarter of ``bible_mc``'s model rows, of about the same length.
 
 The directory (``embedded_tasks_dir()``) also works with the ``lm_eval`` command:
 ``lm_eval --include_path DIR --tasks bible_mc ...``.
@@ -27,6 +32,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -34,18 +40,24 @@ from pathlib import Path
 
 import yaml
 
-from ..data import BIBLE_LM_TEST_BOOKS, bible_verses, load_task
+from ..data import BIBLE_LM_TEST_BOOKS, Verse, bible_verses, load_task
 from ..io import cache_root
 from ..models import _cached_dir
 from ..offline import HubUnavailableError, hub_offline, hub_offline_reason
 
-EMBEDDED_TASKS = ("bible_ppl", "bible_mc")
+EMBEDDED_TASKS = ("bible_ppl", "bible_mc", "bible_cloze")
 # Bump when the generated data or YAML change: it is the tasks' lm-eval version and part of
 # the cache key, so results made from different data never share a version.
 EMBEDDED_VERSION = 1
-# Verses shorter than this have halves too short to tell apart.
+# Verses shorter than this have halves too short to tell apart (bible_mc), or too little
+# context before their last word (bible_cloze).
 MC_MIN_WORDS = 8
 MC_CHOICES = 4
+# bible_cloze: a verse qualifies when its last word is lower-case ASCII letters, at most 6 of
+# them, followed only by punctuation (stripped from every choice alike). Short common words
+# are one token in GPT-style BPE vocabularies (SmolLM2: 440 of the 444 qualifying verses);
+# proper names (capitalised) mostly are not ("Vashti", "Haman", "Adar" are 2-3 tokens).
+CLOZE_LAST_WORD = re.compile(r"(?P<word>[a-z]{1,6})[^\w]*")
 
 
 # ============================================================================ task data
@@ -58,18 +70,35 @@ def bible_ppl_records() -> list[dict]:
         {"text": r["text"], "book": r["book"], "chapter": r["chapter"]}
         for r in load_task("bible-lm").test
     ]
-    random.Random(f"coalora:bible_ppl:v{EMBEDDED_VERSION}").shuffle(records)
+    _task_rng("bible_ppl").shuffle(records)
     return records
 
 
-def bible_mc_records() -> list[dict]:
-    """Verse-continuation multiple choice over the held-out books, in a fixed shuffled order."""
-    rng = random.Random(f"coalora:bible_mc:v{EMBEDDED_VERSION}")
-    pool = [
+def _task_rng(name: str) -> random.Random:
+    """The generator of one embedded task's data: seeded by its name and the data version."""
+    return random.Random(f"coalora:{name}:v{EMBEDDED_VERSION}")
+
+
+def _test_book_verses() -> list[Verse]:
+    """The multiple-choice tasks' source: verses of bible-lm's test books (never in its
+    training text) of at least ``MC_MIN_WORDS`` words, in canonical order."""
+    return [
         v
         for v in bible_verses()
         if v.book in BIBLE_LM_TEST_BOOKS and len(v.text.split()) >= MC_MIN_WORDS
     ]
+
+
+def _placed(rng: random.Random, answer: str, distractors: list[str]) -> tuple[list[str], int]:
+    """(choices, label): the answer inserted among the distractors at a drawn position."""
+    label = rng.randrange(MC_CHOICES)
+    return distractors[:label] + [answer] + distractors[label:], label
+
+
+def bible_mc_records() -> list[dict]:
+    """Verse-continuation multiple choice over the held-out books, in a fixed shuffled order."""
+    rng = _task_rng("bible_mc")
+    pool = _test_book_verses()
     halves = []
     for v in pool:
         words = v.text.split()
@@ -80,8 +109,36 @@ def bible_mc_records() -> list[dict]:
         # Distractors: endings of other verses, never a copy of the true ending.
         others = [j for j in range(len(pool)) if j != i and halves[j][1] != ending]
         distractors = [halves[j][1] for j in rng.sample(others, MC_CHOICES - 1)]
-        label = rng.randrange(MC_CHOICES)
-        choices = distractors[:label] + [ending] + distractors[label:]
+        choices, label = _placed(rng, ending, distractors)
+        records.append({"context": context, "choices": choices, "label": label, "ref": v.ref})
+    rng.shuffle(records)
+    return records
+
+
+def bible_cloze_records() -> list[dict]:
+    """Last-word prediction over the held-out books, in a fixed shuffled order.
+
+    The context is the verse without its last word; the choices are " word" (the space that
+    precedes the word in the verse, so the task's ``target_delimiter`` is empty): the verse's
+    own last word and three distinct other words that end test verses, drawn verse by verse
+    (so in proportion to how often they end one: the choices share the endings' prior)."""
+    rng = _task_rng("bible_cloze")
+    items = []  # (verse, context, last word)
+    for v in _test_book_verses():
+        *context, last = v.text.split()
+        match = CLOZE_LAST_WORD.fullmatch(last)
+        if match:
+            items.append((v, " ".join(context), match["word"]))
+    records = []
+    for v, context, word in items:
+        others = [other for _, _, other in items if other != word]
+        distractors: list[str] = []
+        while len(distractors) < MC_CHOICES - 1:
+            other = rng.choice(others)
+            if other not in distractors:
+                distractors.append(other)
+        choices, label = _placed(rng, word, distractors)
+        choices = [" " + c for c in choices]
         records.append({"context": context, "choices": choices, "label": label, "ref": v.ref})
     rng.shuffle(records)
     return records
@@ -112,17 +169,32 @@ def _task_yaml(name: str, data_file: Path) -> dict:
                 _metric("bits_per_byte", "bits_per_byte", False),
             ],
         }
-    return {
+    multiple_choice = {
         **common,
         "output_type": "multiple_choice",
         "doc_to_text": "{{context}}",
         "doc_to_choice": "{{choices}}",
         "doc_to_target": "label",
+    }
+    if name == "bible_cloze":
+        # The choices carry their own leading space. acc_norm (log-likelihood per character)
+        # would only favour longer words among one-token choices: acc alone.
+        return {
+            **multiple_choice,
+            "target_delimiter": "",
+            "metric_list": [_metric("acc", "mean", True)],
+        }
+    return {
+        **multiple_choice,
         "metric_list": [_metric("acc", "mean", True), _metric("acc_norm", "mean", True)],
     }
 
 
-_BUILDERS = {"bible_ppl": bible_ppl_records, "bible_mc": bible_mc_records}
+_BUILDERS = {
+    "bible_ppl": bible_ppl_records,
+    "bible_mc": bible_mc_records,
+    "bible_cloze": bible_cloze_records,
+}
 
 
 def embedded_tasks_dir() -> Path:
