@@ -278,6 +278,15 @@ CLAIM_COLUMNS = [
 ]  # fmt: skip
 
 
+# Columns that come from measured seconds (the price of deciding), which differ from run to
+# run even where every number of the evaluations is bit-identical.
+SECONDS_COLUMNS = [
+    "to_decide",
+    *(c for c in PLAN_COLUMNS if c.endswith("core_seconds")),
+    *power.SECONDS,
+]
+
+
 def _unit(statistic: str, group: report.Group) -> str:
     if statistic in ("gap", "unseen_gap"):
         return "points" if group.higher_is_better else "100*dln(ppl)"

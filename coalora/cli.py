@@ -274,10 +274,11 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
         "--label", help="method name in the results (default the checkpoint's), e.g. coalora-r32"
     )
     p.add_argument("--limit", type=int, help="test examples / perplexity windows / lm-eval docs")
+    p.add_argument("--lm-eval-limit", type=int, help="lm-eval docs per task (default: --limit)")
     p.add_argument(
         "--lm-eval-tasks",
         nargs="*",
-        help="causal LMs: lm-eval tasks (default bible_ppl bible_mc; the flag alone for none)",
+        help="causal LMs: lm-eval tasks (default: every embedded one; the flag alone for none)",
     )
     p.add_argument("--lm-eval-include", action="append", help="extra lm-eval task YAML folder")
     p.add_argument("--batch-size", type=int, default=8)

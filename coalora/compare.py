@@ -42,6 +42,9 @@ CLAIM_FIELDS = ["claim", *TEST_KEY, "statistic", "unit", *NUMERIC_FIELDS, "verdi
 PER_RUN_FIELDS = ["effect", "low", "high", "verdict", "noise"]
 RUNS = ("A", "B")
 AGREES = "agrees"
+# A test without an interval in either run (one measurement, e.g. a one-seed time ratio):
+# there is no noise estimate to say whether two effects agree, so only its verdict counts.
+UNJUDGED = "single measurement: same verdict, effects not comparable without an interval"
 
 COMPARISON_COLUMNS = [
     "claim", *TEST_KEY, "statistic", "unit",
@@ -49,9 +52,9 @@ COMPARISON_COLUMNS = [
     "difference", "a_inside_b", "b_inside_a", "verdict_agrees", "status",
 ]  # fmt: skip
 
-# <exp>/<method>/s<seed>/eval/<cfg>.json, or a record in a per-configuration folder
-# <exp>/<method>/s<seed>/<cfg>/<name>.json (never inside its checkpoint/ below it).
-RECORD_GLOB = "*/*/s*/*/*.json"
+# Every method's records, the per-configuration runs' included, lie at
+# <exp>/<method>/s<seed>/eval/<cfg>.json (checkpoints and their manifests elsewhere).
+RECORD_GLOB = "*/*/s*/eval/*.json"
 SEED_FOLDER = re.compile(r"s\d+")
 
 # Provenance field -> what differs, in words. The machine block's fields (the record's
@@ -186,6 +189,9 @@ def _judged(row: dict) -> dict:
     problems = []
     if not judged["verdict_agrees"]:
         problems.append(f"verdict changed ({row['verdict_a']} -> {row['verdict_b']})")
+    single = any(math.isnan(row[f"low_{r}"]) and math.isnan(row[f"high_{r}"]) for r in "ab")
+    if single and not problems and row["effect_a"] != row["effect_b"]:
+        return {**judged, "status": UNJUDGED}
     problems += [
         f"{run}'s effect outside {other}'s interval"
         for run, other, column in (("A", "B", "a_inside_b"), ("B", "A", "b_inside_a"))
@@ -194,8 +200,13 @@ def _judged(row: dict) -> dict:
     return {**judged, "status": "; ".join(problems) or AGREES}
 
 
+def _test_name(row) -> str:
+    """A test's id with its reading where it has one ("C1.1 (comparable)")."""
+    return f"{row.test} ({row.reading})" if row.reading else row.test
+
+
 def failing(tests: pd.DataFrame) -> pd.DataFrame:
-    return tests[tests["status"] != AGREES]
+    return tests[~tests["status"].isin([AGREES, UNJUDGED])]
 
 
 # --------------------------------------------------------------------------- records
@@ -366,7 +377,7 @@ class Comparison:
     def failing_lines(self) -> list[str]:
         """One line per test on which the runs disagree: the test, its group, what fails."""
         return [
-            f"{r.test} {r.model}/{r.task}/{r.quantizer} {r.comparison}: {r.status}"
+            f"{_test_name(r)} {r.model}/{r.task}/{r.quantizer} {r.comparison}: {r.status}"
             for r in failing(self.tests).itertuples(index=False)
         ]
 
@@ -442,7 +453,7 @@ def markdown(comparison: Comparison) -> str:
     else:
         lines.append(f"**The runs disagree** on {len(bad)} of {len(c.tests)} tests:")
         lines += [""] + [
-            f"- {r.test} {r.model} / {r.task} / {r.quantizer} {r.comparison}: {r.status}"
+            f"- {_test_name(r)} {r.model} / {r.task} / {r.quantizer} {r.comparison}: {r.status}"
             for r in bad.itertuples(index=False)
         ]
 
@@ -451,7 +462,7 @@ def markdown(comparison: Comparison) -> str:
         ["test", "group", "comparison", "A [95% interval]", "B [95% interval]", "B - A",
          "A in B's interval", "B in A's interval", "verdict A -> B", "status"],
         [
-            [r.test, f"{r.model} / {r.task} / {r.quantizer}", r.comparison,
+            [_test_name(r), f"{r.model} / {r.task} / {r.quantizer}", r.comparison,
              _effect(r.effect_a, r.low_a, r.high_a), _effect(r.effect_b, r.low_b, r.high_b),
              _number(r.difference), _yes_no(r.a_inside_b), _yes_no(r.b_inside_a),
              _verdicts(r.verdict_a, r.verdict_b),

@@ -168,17 +168,27 @@ def test_without_an_interval_an_effect_is_inside_only_if_equal():
     same = compare.compare_tests(one, one)
     assert same["status"].tolist() == [compare.AGREES]
     other = one.assign(effect=0.02)
-    assert not compare.compare_tests(one, other)["a_inside_b"].iloc[0]
+    judged = compare.compare_tests(one, other)
+    assert not judged["a_inside_b"].iloc[0]
+    # No interval, no noise estimate: only the verdict can disagree.
+    assert judged["status"].tolist() == [compare.UNJUDGED]
+    assert compare.failing(judged).empty
+    flipped = compare.compare_tests(one, other.assign(verdict=HOLDS))
+    assert len(compare.failing(flipped)) == 1
 
 
-def test_per_configuration_records_pair_and_checkpoint_files_are_not_records(tmp_path):
-    per_config = {**RECORDS, "exp/qlora/s1/b3/eval.json": record("qlora", seed=1)}
-    a = make_run(tmp_path / "a", TESTS, per_config)
-    (a / "exp/qlora/s1/b3/checkpoint").mkdir()
-    (a / "exp/qlora/s1/b3/checkpoint/config.json").write_text("{}")
-    b = make_run(tmp_path / "b", TESTS, per_config)
-    records = compare.compare_runs(a, b).records
-    assert sorted(records["record"]) == sorted(per_config)
+def test_checkpoint_manifests_are_not_records(tmp_path):
+    # The workflow's layout: shared methods' checkpoints at s<seed>/checkpoint/, per-
+    # configuration runs' at s<seed>/<cfg>/checkpoint/; every record under s<seed>/eval/.
+    runs = []
+    for name in ("a", "b"):
+        run = make_run(tmp_path / name, TESTS, RECORDS)
+        for folder in ("exp/coalora/s0/checkpoint", "exp/qlora/s1/b3/checkpoint"):
+            (run / folder).mkdir(parents=True)
+            (run / folder / "manifest.json").write_text('{"method": "x"}')
+        runs.append(run)
+    records = compare.compare_runs(*runs).records
+    assert sorted(records["record"]) == sorted(RECORDS)
 
 
 def test_window_nll_differences_are_counted():

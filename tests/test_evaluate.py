@@ -627,3 +627,13 @@ def test_results_are_written_atomically(valid_record, tmp_path, monkeypatch):
             tmp_path / "invalid.json", {k: v for k, v in valid_record.items() if k != "seed"}
         )
     assert not (tmp_path / "invalid.json").exists()
+
+
+def test_lm_eval_limit_caps_lm_eval_documents_apart_from_the_perplexity_windows():
+    # A causal experiment may want few perplexity windows but hundreds of lm-eval items.
+    settings = EvalSettings(limit=1, lm_eval_limit=3, window=32, lm_eval_tasks=["bible_cloze"])
+    (record,) = evaluate_configs(BareBase("tiny-llama"), [None], "bible-lm", None, settings)
+    assert len(record["per_example"]["window_nll"]) == 1
+    assert record["protocol"]["lm_eval"]["limit"] == 3
+    with pytest.raises(ValueError, match="lm_eval_limit"):
+        EvalSettings(lm_eval_limit=0)

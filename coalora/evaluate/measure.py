@@ -36,12 +36,27 @@ class EvalSettings:
     window: int = DEFAULT_WINDOW  # perplexity window, capped at the model's max positions
     ppl_batch_size: int = 1  # perplexity windows per forward pass
     limit: int | None = None  # test examples / perplexity windows / lm-eval docs per task
+    # lm-eval docs per task when it should differ from ``limit`` (None: ``limit``): a causal
+    # experiment may want a few perplexity windows but a few hundred lm-eval items.
+    lm_eval_limit: int | None = None
     # lm-eval tasks for causal LMs (None: the embedded ones; () or []: none).
     lm_eval_tasks: Sequence[str] | None = None
     lm_eval_include: Sequence[str] = field(default_factory=tuple)  # extra task YAML dirs
 
+    @property
+    def lm_eval_docs(self) -> int | None:
+        """lm-eval documents per task (``lm_eval_limit``, else ``limit``)."""
+        return self.limit if self.lm_eval_limit is None else self.lm_eval_limit
+
     def __post_init__(self):
-        for name in ("batch_size", "ppl_batch_size", "window", "max_length", "limit"):
+        for name in (
+            "batch_size",
+            "ppl_batch_size",
+            "window",
+            "max_length",
+            "limit",
+            "lm_eval_limit",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(
@@ -129,6 +144,8 @@ class TaskMeasure:
             "perplexity": {**result.protocol(), "seconds": time.perf_counter() - clock},
         }
         if self.suite is not None:
-            lm_metrics, protocol["lm_eval"] = self.suite.run(model, self.loaded.tokenizer, s.limit)
+            lm_metrics, protocol["lm_eval"] = self.suite.run(
+                model, self.loaded.tokenizer, s.lm_eval_docs
+            )
             metrics.update(lm_metrics)
         return metrics, protocol, {"window_nll": [round(x, 6) for x in result.window_nll]}

@@ -35,8 +35,9 @@ def evaluate_from_cli(args) -> None:
     --label NAME           [label]       (with --checkpoint) the results' method name, e.g. an
                                          ablation variant "coalora-r32"
     --limit N              [limit]       test examples / perplexity windows / lm-eval docs per task
-    --lm-eval-tasks T...   [lm_eval_tasks]  (nargs="*") causal LMs: lm-eval tasks (default
-                                         bible_ppl bible_mc; give the flag with no names for none)
+    --lm-eval-limit N      [lm_eval_limit]  lm-eval docs per task (default: --limit)
+    --lm-eval-tasks T...   [lm_eval_tasks]  (nargs="*") causal LMs: lm-eval tasks (default every
+                                         embedded one; give the flag with no names for none)
     --lm-eval-include DIR  [lm_eval_include] (action="append") extra lm-eval task YAML dirs
     --batch-size N         [batch_size]  default 8
     --window N             [window]      perplexity window, default 2048 (capped at the model's)
@@ -101,6 +102,7 @@ def eval_settings_from_cli(args) -> EvalSettings:
         max_length=opt("max_length"),
         window=opt("window") or DEFAULT_WINDOW,
         limit=opt("limit"),
+        lm_eval_limit=opt("lm_eval_limit"),
         lm_eval_tasks=None if lm_eval_tasks is None else list(lm_eval_tasks),
         lm_eval_include=opt("lm_eval_include") or (),
     )

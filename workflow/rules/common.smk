@@ -263,6 +263,8 @@ def eval_flags(exp):
         flags.append(f"--limit {conf['limit']}")
     if conf.get("window"):
         flags.append(f"--window {conf['window']}")
+    if conf.get("lm_eval_limit"):
+        flags.append(f"--lm-eval-limit {conf['lm_eval_limit']}")
     if "lm_eval_tasks" in conf:  # [] runs none (the flag alone), not the default tasks
         flags.append(" ".join(["--lm-eval-tasks", *conf["lm_eval_tasks"]]))
     return " ".join(flags)
