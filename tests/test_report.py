@@ -174,7 +174,7 @@ def test_table1_groups_by_model_task_quantizer_with_full_precision_in_each(resul
     for quantizer in ("nf", "int"):
         full = one(table, task="sst2", quantizer=quantizer, method="full-precision")
         assert (full["n_configs"], full["mean_metric"], full["solutions"]) == (1, 0.90, "n/a")
-        assert full["hv"] == 0.0  # 32 bits: outside the box
+        assert math.isnan(full["hv"])  # 32 bits: outside the configuration space, no HV
     base = one(table, task="sst2", quantizer="nf", method="none")
     assert (base["n_configs"], base["mean_metric"]) == (2, pytest.approx(0.49))
     assert base["acc_gap"] == pytest.approx(-20.0)  # 0.50 - 0.70 at b3
@@ -452,3 +452,12 @@ def test_two_results_for_one_method_and_configuration_are_refused(paths, tmp_pat
     assert main(["report", "table1", *map(str, [*paths, *again]), "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'qlora'" in err[0] and not out.exists()
+
+
+def test_a_method_only_at_full_precision_has_no_hypervolume():
+    from coalora.report.groups import method_hypervolume
+
+    full = pd.DataFrame({"avg_bits": [32.0], "value": [0.9], "higher_is_better": [True]})
+    assert math.isnan(method_hypervolume(full))
+    quantized = full.assign(avg_bits=[4.0])
+    assert method_hypervolume(quantized) > 0

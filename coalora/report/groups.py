@@ -163,8 +163,10 @@ def experiment_groups(results: pd.DataFrame, reference: str = REFERENCE_METHOD) 
 
 
 def method_hypervolume(points: pd.DataFrame, worst: float | None = None) -> float:
-    """HV of one method's (avg_bits, metric) points; see the module docstring."""
-    if points.empty:
+    """HV of one method's (avg_bits, metric) points; see the module docstring. NaN when no
+    point lies in the configuration space (a full-precision method at 32 bits has no HV,
+    rather than an HV of 0 that would read as the worst possible front)."""
+    if points.empty or not (points["avg_bits"] <= MAX_BITS).any():
         return float("nan")
     return hv_of(
         points["avg_bits"].to_numpy(dtype=float),
