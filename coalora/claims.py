@@ -192,14 +192,9 @@ class GroupEvidence:
         return self._per_seed(seeds, prepare, effect)
 
 
-def _run_seconds(rows: pd.DataFrame, seed: int) -> float:
-    """Total fine-tuning seconds of one seed's runs (one per distinct checkpoint)."""
-    runs = rows[rows["seed"] == seed].drop_duplicates("hashes.checkpoint")
-    return float(runs["train_seconds"].fillna(0).sum())
-
-
 def time_ratio(a: pd.DataFrame, b: pd.DataFrame, seeds) -> Interval:
-    ratios = [_run_seconds(a, s) / _run_seconds(b, s) for s in seeds]
+    seconds_a, seconds_b = report.run_totals_per_seed(a), report.run_totals_per_seed(b)
+    ratios = [float(seconds_a[s]) / float(seconds_b[s]) for s in seeds]
     return log_ratio_interval(ratios)
 
 

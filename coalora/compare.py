@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .evaluate.results import MACHINE_FIELDS as RECORD_MACHINE_FIELDS
 from .evaluate.results import read_result
 from .io import atomic_path
 
@@ -59,7 +60,8 @@ SEED_FOLDER = re.compile(r"s\d+")
 
 # Provenance field -> what differs, in words. The machine block's fields (the record's
 # "machine"; absent in records older than it) and the protocol's dtype/threads/device.
-MACHINE_FIELDS = ("cpu", "arch", "isa", "kernel_env", "blas", "gpu", "cuda")
+# (torch_threads is shown once, as the protocol's threads.)
+MACHINE_FIELDS = tuple(f for f in RECORD_MACHINE_FIELDS if f != "torch_threads")
 PROVENANCE_FIELDS = {
     "code_version": "code versions",
     "packages": "package versions",

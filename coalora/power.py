@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from .report import run_totals_per_seed
 from .stats import CONFIDENCE, quantile
 
 POWER = 0.8
@@ -225,10 +226,9 @@ def seconds_per_seed(rows: pd.DataFrame, seeds, evaluations: bool = True) -> dic
     """Mean over ``seeds`` of one seed's training seconds (one per distinct checkpoint),
     setup seconds and evaluation seconds (summed over its records): ``Components``' costs."""
     rows = rows[rows["seed"].isin(seeds)]
-    runs = rows.drop_duplicates(["seed", "hashes.checkpoint"])
     n = max(len(seeds), 1)
     return {
-        "train_seconds": float(runs["train_seconds"].fillna(0).sum()) / n,
+        "train_seconds": float(run_totals_per_seed(rows).sum()) / n,
         "setup_seconds": float(rows["setup_seconds"].sum()) / n if evaluations else 0.0,
         "eval_seconds": float(rows["eval_seconds"].sum()) / n if evaluations else 0.0,
     }

@@ -38,6 +38,7 @@ from .groups import (
     method_hypervolume,
     one_factor,
     quantized,
+    run_totals_per_seed,
     search_rows,
 )
 from .tables import (
@@ -77,6 +78,7 @@ __all__ = [
     "hv_of",
     "matched_difference",
     "method_hypervolume",
+    "run_totals_per_seed",
     "one_factor",
     "pareto_figure",
     "pyplot",

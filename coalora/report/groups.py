@@ -122,7 +122,6 @@ class Group:
         over one seed's checkpoints, then averaged over seeds."""
         worst = self.worst if worst is None else worst
         hvs = [method_hypervolume(r, worst) for _, r in rows.groupby("seed", sort=True)]
-        per_ckpt = rows.drop_duplicates(["seed", "hashes.checkpoint"]).groupby("seed")
         reference = self.rows[self.rows["method"] == self.reference]
         is_reference = bool(rows["method"].eq(self.reference).all())
         return {
@@ -132,8 +131,8 @@ class Group:
             "hv_sd": float(np.std(hvs, ddof=1)) if len(hvs) > 1 else float("nan"),
             "acc_gap": float("nan") if is_reference else _gap(rows, reference),
             "mean_metric": float(rows["value"].mean()),
-            "train_seconds": float(per_ckpt["train_seconds"].sum().mean()),
-            "train_steps": int(round(per_ckpt["train_steps"].sum().mean())),
+            "train_seconds": float(run_totals_per_seed(rows).mean()),
+            "train_steps": int(round(run_totals_per_seed(rows, "train_steps").mean())),
         }
 
 
@@ -160,6 +159,13 @@ def experiment_groups(results: pd.DataFrame, reference: str = REFERENCE_METHOD) 
                 )
             groups.append(Group(model, task, quantizer, rows, reference))
     return groups
+
+
+def run_totals_per_seed(rows: pd.DataFrame, column: str = "train_seconds") -> pd.Series:
+    """``column`` (a run's fine-tuning seconds or steps) summed over each seed's runs, one per
+    distinct checkpoint (the records of one run share it), by seed."""
+    runs = rows.drop_duplicates(["seed", "hashes.checkpoint"])
+    return runs.groupby("seed")[column].sum()
 
 
 def method_hypervolume(points: pd.DataFrame, worst: float | None = None) -> float:
