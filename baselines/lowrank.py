@@ -200,15 +200,18 @@ class ResidualBase:
 
     def residual(self, name: str) -> torch.Tensor:
         source = self.sources.get(name)
-        w = self.originals[name]
+        w = self.originals[name].to(torch.float32)  # quantized from fp32, however it is held
         return w if source is None else w - source[0] @ source[1]
 
     @torch.no_grad()
     def apply(self, mqc: ModelQConfig) -> None:
         if mqc.key() != self._cached_key:
+            # Held as the model holds its weights (the compute dtype).
             self._cached = {
-                name: self.quantize(self.residual(name), mqc.modules[name], mqc.quantizer)
-                for name in self.qbase.linears
+                name: self.quantize(self.residual(name), mqc.modules[name], mqc.quantizer).to(
+                    linear.weight.dtype
+                )
+                for name, linear in self.qbase.linears.items()
             }
             self._cached_key = mqc.key()
         self.qbase.set_weights(

@@ -50,7 +50,8 @@ BNB_CONFIG_FILE = "bnb_config.json"
 
 @dataclass(frozen=True)
 class BnbSettings:
-    """What ``BitsAndBytesConfig`` gets (QLoRA's recipe, fp32 compute as the shared engine)."""
+    """What ``BitsAndBytesConfig`` gets (QLoRA's recipe). The model is loaded with fp32
+    compute; ``QLoRABnb.hold_in`` sets the engine's compute dtype (``coalora.precision``)."""
 
     quant_type: str = "nf4"
     double_quant: bool = True
@@ -173,6 +174,15 @@ class QLoRABnb(Method):
 
     def activate(self, mqc: ModelQConfig) -> None:
         check_trained_config(self.name, self.train_configs[0], mqc)  # the base never changes
+
+    def hold_in(self, dtype: torch.dtype) -> None:
+        """As every method, and bitsandbytes' 4-bit layers dequantize into ``dtype`` (its
+        ``bnb_4bit_compute_dtype``, loaded as fp32 by ``BNB_SETTINGS``)."""
+        super().hold_in(dtype)
+        bnb = import_bitsandbytes()
+        for module in self.model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.compute_dtype = dtype
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict

@@ -211,9 +211,25 @@ def _configs_per_step(rows: pd.DataFrame) -> set[int]:
     return {int(s.get("configs_per_step", PAPER_K)) for s in settings}
 
 
+def compute_dtypes(rows: pd.DataFrame) -> list[str]:
+    """The compute dtypes the rows' training and evaluation passes ran in (records older than
+    the setting ran in float32), sorted."""
+    found = set()
+    for protocol in rows["protocol"]:
+        protocol = protocol if isinstance(protocol, dict) else {}
+        found.add(protocol.get("dtype") or "float32")
+        if protocol.get("trained_method"):
+            found.add(protocol.get("train_dtype") or "float32")
+    return sorted(found)
+
+
 def deviations(sides: list[tuple[str, pd.DataFrame]]) -> str:
     """How the compared runs depart from the paper's protocol (empty: they do not)."""
     notes = []
+    dtypes = {name: compute_dtypes(rows) for name, rows in sides}
+    if len({d for found in dtypes.values() for d in found}) > 1:
+        listed = ", ".join(f"{n} {'/'.join(d)}" for n, d in dtypes.items())
+        notes.append(f"mixed compute dtypes ({listed})")
     steps = {name: _steps_per_run(rows) for name, rows in sides}
     if len({tuple(s) for s in steps.values()}) > 1 or any(len(s) > 1 for s in steps.values()):
         listed = ", ".join(f"{n} {'/'.join(map(str, s))}" for n, s in steps.items())
@@ -243,7 +259,7 @@ def scale_of(evidence: GroupEvidence, rows: pd.DataFrame, seeds) -> str:
     return (
         f"{g.model} / {g.task} / {g.quantizer}: {len(seeds)} seed(s) {list(map(int, seeds))}, "
         f"{rows['config_name'].nunique()} configurations, {_n_examples(rows)}, "
-        f"{steps_text} steps per run"
+        f"{steps_text} steps per run, {'/'.join(compute_dtypes(rows))}"
     )
 
 

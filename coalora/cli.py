@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import forkclient
+from . import forkclient, precision
 from .timing import mark
 
 # Each handler imports what its sub-command runs, inside the handler: `coalora --help`,
@@ -284,6 +284,12 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--window", type=int, help="perplexity window in tokens (default 2048)")
     p.add_argument("--max-length", type=int, help="classification truncation")
+    p.add_argument(
+        "--compute-dtype",
+        choices=precision.SETTINGS,
+        default=precision.AUTO,
+        help="dtype the passes run in (auto: bf16 where the device has bf16 matrix units)",
+    )
 
 
 def _add_allocation_options(p: argparse.ArgumentParser, cost_table: bool = True) -> None:

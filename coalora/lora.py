@@ -146,7 +146,9 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        h = F.linear(self.lora_dropout(x.to(self.lora_A.dtype)), self.lora_A)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast it casts itself
+            x = x.to(self.lora_A.dtype)
+        h = F.linear(self.lora_dropout(x), self.lora_A)
         if self.mixing is not None:
             # (I + M) applied to the column vector A x  ==  row vector h + h M^T.
             h = h + F.linear(h, self.mixing.to(h.dtype))
@@ -173,7 +175,9 @@ class LoraLinear(nn.Module):
         goes into the base layer's fresh output in place."""
         rows = h.reshape(-1, self.r)
         if not torch.is_grad_enabled() and result.is_contiguous():
-            result.view(-1, result.shape[-1]).addmm_(rows, self.lora_B.t(), alpha=self.scaling)
+            # In-place ops are not autocast: B joins the output's dtype (bf16 under autocast).
+            lora_b = self.lora_B.to(result.dtype)
+            result.view(-1, result.shape[-1]).addmm_(rows, lora_b.t(), alpha=self.scaling)
             return result
         flat = torch.addmm(
             result.reshape(-1, result.shape[-1]), rows, self.lora_B.t(), alpha=self.scaling

@@ -83,11 +83,30 @@ def this_cpuinfo() -> str:
         return ""
 
 
-def bf16_matrix_units(cpuinfo: str | None = None) -> bool:
+# oneDNN instruction-set caps (``ONEDNN_MAX_CPU_ISA``) that still allow its bf16 kernels;
+# a lower cap (e.g. AVX512_CORE, AVX2) makes oneDNN emulate bf16 even on a CPU that has it.
+ONEDNN_BF16_CAPS = frozenset(
+    {
+        "ALL",
+        "DEFAULT",
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX10_1_512",
+        "AVX512_CORE_AMX",
+        "AVX10_1_512_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512_AMX_FP16",
+    }
+)
+
+
+def bf16_matrix_units(cpuinfo: str | None = None, env: dict | None = None) -> bool:
     """Whether the CPU (this one, or that of a ``/proc/cpuinfo`` text) has bf16 matrix units
-    (the ``amx_bf16`` or ``avx512_bf16`` flag)."""
+    (the ``amx_bf16`` or ``avx512_bf16`` flag) that oneDNN may use (``ONEDNN_MAX_CPU_ISA`` in
+    ``env``, default this process's environment, unset or not below AVX512_CORE_BF16)."""
     flags = cpu_flags(this_cpuinfo() if cpuinfo is None else cpuinfo)
-    return bool(flags & BF16_MATRIX_FLAGS)
+    cap = (os.environ if env is None else env).get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return bool(flags & BF16_MATRIX_FLAGS) and (not cap or cap in ONEDNN_BF16_CAPS)
 
 
 @functools.cache

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import precision
 from .export import ADAPTER_MANIFEST, export_peft_adapter, load_peft_adapter
 from .lora import inject_lora, load_lora_state_dict, lora_state_dict
 from .mapper import CoALoRA, ConfigAwareMapper
@@ -187,6 +188,8 @@ class Method:
         for mqc in train_configs:
             mqc.check_targets(self.targets, f"training configuration {mqc.name or ''}".strip())
         self.train_configs = list(train_configs)
+        # The dtype the frozen base is held and the passes run in (``hold_in``).
+        self.compute_dtype = torch.float32
         self.wrappers = self.setup()
 
     @classmethod
@@ -256,6 +259,12 @@ class Method:
 
     def activate(self, mqc: ModelQConfig) -> None:
         self.qbase.apply(mqc)
+
+    def hold_in(self, dtype: torch.dtype) -> None:
+        """Make the model compute in ``dtype`` (its frozen base held in it, what trains
+        kept fp32; ``coalora.precision.hold``)."""
+        self.compute_dtype = dtype
+        precision.hold(self.model, dtype)
 
     def end_of_epoch(self, step: int) -> dict | None:
         return None
@@ -349,16 +358,10 @@ class CoALoRAMethod(Method):
             for mqc in configs:
                 model = self.prepare_eval(mqc)
                 device = next(model.parameters()).device
-                losses.append(
-                    float(
-                        np.mean(
-                            [
-                                model(**{k: v.to(device) for k, v in b.items()}).loss.item()
-                                for b in held_out
-                            ]
-                        )
-                    )
-                )
+                batch_losses = [
+                    model(**{k: v.to(device) for k, v in b.items()}).loss.item() for b in held_out
+                ]
+                losses.append(float(np.mean(batch_losses)))
             return losses
 
         config = SearchConfig(

@@ -184,6 +184,7 @@ def run_training(
         "settings": asdict(settings),
         "base_weights_hash": base_hash,
         "steps": result.steps,
+        "compute_dtype": result.dtype,
         "train_seconds": result.seconds,
         "final_loss": result.losses[-1],
         "loss_first_last": [result.losses[0], result.losses[-1]],

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import precision
 from .io import atomic_dir, atomic_path, read_json, write_json
 from .timing import mark
 
@@ -68,6 +69,9 @@ class TrainSettings:
     search_steps: int = 10
     # "auto": the first CUDA GPU when there is one, else the CPU.
     device: str = "auto"
+    # bf16 | fp32 | auto (bf16 where the device has bf16 matrix units): the dtype the frozen
+    # base is held and the passes run in; trained parameters stay fp32 (coalora.precision).
+    compute_dtype: str = "auto"
     # Options keyed by method (e.g. {"lqlora": {"iters": 100}}): a method reads only its own
     # entry and checks its keys (coalora.methods.Method.build_options).
     method_options: dict = field(default_factory=dict)
@@ -84,6 +88,7 @@ class TrainSettings:
             raise ValueError(
                 f"training setting 'search_mode' must be full, frozen or random, got {self.search_mode!r}"
             )
+        precision.check_setting(self.compute_dtype, "training setting 'compute_dtype'")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(
                 f"training setting 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}"
@@ -104,6 +109,7 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)  # mean loss over K configs, per step
     epoch_logs: list[dict] = field(default_factory=list)
+    dtype: str = ""  # the compute dtype the steps ran in (precision.record_name)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -154,6 +160,10 @@ def train(
     ``stop_after`` ends the run early after that many total steps, leaving resume state:
     it exists to test that an interrupted run resumes to the same result.
     """
+    model = method.model
+    device = next(model.parameters()).device
+    dtype = precision.resolve(settings.compute_dtype, device)
+    method.hold_in(dtype)
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"method {method.name!r} has no trainable parameters")
@@ -161,15 +171,19 @@ def train(
     scheduler = linear_schedule_with_warmup(
         optimizer, math.ceil(settings.warmup_ratio * settings.steps), settings.steps
     )
-    result = TrainResult(steps=0, seconds=0.0)
+    result = TrainResult(steps=0, seconds=0.0, dtype=precision.record_name(dtype))
     start = 0
     resume = _resume_dir(Path(out)) if out is not None else None
     if resume is not None and (resume / "state.pt").exists():
         start, result = _load_resume(resume, method, optimizer, scheduler, settings)
+        if result.dtype != precision.record_name(dtype):
+            raise ValueError(
+                f"resume state {resume} ran in {result.dtype or 'float32'}, this run computes "
+                f"in {precision.record_name(dtype)}: resume with compute_dtype="
+                f"{'bf16' if result.dtype == 'bfloat16' else 'fp32'} or delete it to start over"
+            )
         log.info("resuming %s at step %d", method.name, start)
 
-    model = method.model
-    device = next(model.parameters()).device
     model.train()
     last = settings.steps if stop_after is None else min(stop_after, settings.steps)
     bar = tqdm(

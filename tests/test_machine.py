@@ -105,3 +105,14 @@ def test_machine_info_types_and_the_onednn_cap(monkeypatch):
 def test_a_cuda_device_names_its_gpu():
     info = machine_info("cuda")
     assert info["gpu"] == torch.cuda.get_device_name() and info["cuda"] == torch.version.cuda
+
+
+def test_a_onednn_cap_below_bf16_takes_the_bf16_units_away():
+    """``ONEDNN_MAX_CPU_ISA=AVX512_CORE`` emulates a CPU without bf16 units: oneDNN then
+    emulates bf16 GEMMs, so ``compute_dtype=auto`` must pick fp32 there."""
+    assert bf16_matrix_units(SAPPHIRE_RAPIDS, env={})
+    assert not bf16_matrix_units(SAPPHIRE_RAPIDS, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    assert not bf16_matrix_units(SAPPHIRE_RAPIDS, env={"ONEDNN_MAX_CPU_ISA": "avx2"})
+    assert bf16_matrix_units(SAPPHIRE_RAPIDS, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    assert bf16_matrix_units(SAPPHIRE_RAPIDS, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"})
+    assert not bf16_matrix_units(HASWELL, env={"ONEDNN_MAX_CPU_ISA": "ALL"})

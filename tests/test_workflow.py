@@ -79,6 +79,21 @@ def test_default_preset_dry_run(tmp_path):
     )
 
 
+def test_the_compute_dtype_reaches_every_training_and_evaluation_command(tmp_path):
+    """``compute_dtype`` (global, or an experiment's train: / eval:) becomes the CLI's setting;
+    ``auto``, the CLI's own default, adds nothing (the default's commands are unchanged)."""
+    default = snakemake(tmp_path, "-n", "-p", "--configfile", preset("ci.yaml")).stdout
+    assert "compute_dtype=" not in default and "--compute-dtype" not in default
+    bf16 = snakemake(
+        tmp_path, "-n", "-p", "--configfile", preset("ci.yaml"), "--config", "compute_dtype=bf16"
+    ).stdout
+    trains = [line for line in bf16.splitlines() if "coalora.cli train " in line]
+    evaluations = [line for line in bf16.splitlines() if "coalora.cli evaluate " in line]
+    assert trains and all("--set 'compute_dtype=\"bf16\"'" in line for line in trains)
+    assert evaluations and all("--compute-dtype bf16" in line for line in evaluations)
+    assert all("--compute-dtype bf16" in line for line in trains if "--evaluate-out" in line)
+
+
 def test_steps_per_method_must_name_every_method(tmp_path):
     conf = yaml.safe_load(Path(preset("ci.yaml")).read_text())
     first = next(iter(conf["experiments"]))

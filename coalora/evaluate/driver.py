@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .. import precision
 from ..budgets import DEFAULT_ALLOCATION, AllocationSpec
 from ..data import TaskData
 from .configs import TRAINED, resolve_configs
@@ -64,6 +65,9 @@ def evaluate_configs(
     mqcs = resolve_configs(configs, source.loaded, source.qbase, allocation)
     mqcs = [source.own_configuration() if m is TRAINED else m for m in mqcs]
     source.check(mqcs)
+    device = next(source.loaded.model.parameters()).device
+    dtype = precision.resolve(settings.compute_dtype, device)
+    source.hold_in(dtype)
     max_length = settings.max_length or source.max_length or DEFAULT_MAX_LENGTH
     measure = TaskMeasure(source.loaded, task_data, settings, max_length)
     load_seconds = time.perf_counter() - started
@@ -76,7 +80,7 @@ def evaluate_configs(
         clock = time.perf_counter()
         metrics, protocol, per_example = measure.measure(model)
         evaluation = time.perf_counter() - clock
-        protocol.update(_common_protocol(task_data, source.loaded, load_seconds, len(mqcs)))
+        protocol.update(_common_protocol(task_data, device, dtype, load_seconds, len(mqcs)))
         protocol["eval_settings"] = asdict(settings)
         protocol.update(source.protocol)
         record = make_record(
@@ -108,12 +112,11 @@ def _check_out_paths(out_paths, n: int) -> list[Path | None]:
     return paths
 
 
-def _common_protocol(task: TaskData, loaded, load_seconds: float, n_configs: int) -> dict:
-    param = next(loaded.model.parameters())
+def _common_protocol(task: TaskData, device, dtype, load_seconds: float, n_configs: int) -> dict:
     return {
         "task_source": task.spec.source,
-        "dtype": str(param.dtype).removeprefix("torch."),
-        "device": str(param.device),
+        "dtype": precision.record_name(dtype),  # the compute dtype the passes ran in
+        "device": str(device),
         "threads": torch.get_num_threads(),
         "load_seconds": load_seconds,
         "configs_in_process": n_configs,

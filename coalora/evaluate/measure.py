@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import precision
 from ..data import TASKS, TaskData, lm_token_ids, load_task
 from .classification import evaluate_classifier, split_batches
 from .lm_eval_tasks import EMBEDDED_TASKS, LMEvalSuite
@@ -42,6 +43,9 @@ class EvalSettings:
     # lm-eval tasks for causal LMs (None: the embedded ones; () or []: none).
     lm_eval_tasks: Sequence[str] | None = None
     lm_eval_include: Sequence[str] = field(default_factory=tuple)  # extra task YAML dirs
+    # bf16 | fp32 | auto (bf16 where the device has bf16 matrix units): the dtype the frozen
+    # model is held and the passes run in; metrics are reduced in fp32 (coalora.precision).
+    compute_dtype: str = "auto"
 
     @property
     def lm_eval_docs(self) -> int | None:
@@ -62,6 +66,7 @@ class EvalSettings:
                 raise ValueError(
                     f"evaluation setting {name!r} must be a positive integer, got {value!r}"
                 )
+        precision.check_setting(self.compute_dtype, "evaluation setting 'compute_dtype'")
         if self.lm_eval_tasks is not None:
             self.lm_eval_tasks = tuple(self.lm_eval_tasks)
         self.lm_eval_include = tuple(str(p) for p in self.lm_eval_include)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import precision
 from ..budgets import AllocationSpec
 from ..methods import Serves, get_method
 from .configs import TRAINED
@@ -42,6 +43,7 @@ def evaluate_from_cli(args) -> None:
     --batch-size N         [batch_size]  default 8
     --window N             [window]      perplexity window, default 2048 (capped at the model's)
     --max-length N         [max_length]  classification truncation (default: training length)
+    --compute-dtype D      [compute_dtype]  auto | bf16 | fp32 (coalora.precision; default auto)
     --quantizer nf|int     [quantizer]   with --model --budget (a checkpoint uses its own)
     --fisher-task, --max-elements, --seed  as for `coalora allocate` (budgets; seed of --model)
     """
@@ -105,6 +107,7 @@ def eval_settings_from_cli(args) -> EvalSettings:
         lm_eval_limit=opt("lm_eval_limit"),
         lm_eval_tasks=None if lm_eval_tasks is None else list(lm_eval_tasks),
         lm_eval_include=opt("lm_eval_include") or (),
+        compute_dtype=opt("compute_dtype") or precision.AUTO,
     )
 
 

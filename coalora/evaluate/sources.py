@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import precision
 from ..data import TaskData
 from ..methods import Serves
 from ..models import LoadedModel, load_model, weights_hash
@@ -49,6 +50,11 @@ class ModelSource(ABC):
         """Refuse, before anything is measured, configurations this source cannot give (by
         default it gives every one)."""
         return None
+
+    @abstractmethod
+    def hold_in(self, dtype: torch.dtype) -> None:
+        """Hold the model's frozen weights in the compute dtype ``dtype`` (``coalora.precision``),
+        once, after the configurations are resolved (cost tables never see it)."""
 
     @abstractmethod
     def prepare(self, mqc: ModelQConfig | None) -> torch.nn.Module:
@@ -95,6 +101,9 @@ class Trained(ModelSource):
         self.protocol = {
             "trained_method": manifest["method"],
             "train_settings": train_settings,
+            # The compute dtype the training steps ran in (checkpoints older than the
+            # setting trained in fp32).
+            "train_dtype": manifest.get("compute_dtype") or "float32",
             # Which configurations the method serves (its class's trait), read by the report.
             "serves": str(self.method.serves),
         }
@@ -110,6 +119,9 @@ class Trained(ModelSource):
         if self.method.serves != Serves.FIXED_CONFIGURATION:
             return super().own_configuration()
         return self.method.train_configs[0]
+
+    def hold_in(self, dtype):
+        self.method.hold_in(dtype)
 
     def prepare(self, mqc):
         return self.method.prepare_eval(mqc)
@@ -153,6 +165,10 @@ class BareBase(ModelSource):
         self.loaded.model.to(resolve_device("auto"))
         self.qbase = QuantizedBase(self.loaded.model)
         return task_data
+
+    def hold_in(self, dtype):
+        self.loaded.model.requires_grad_(False)  # nothing trains: every weight is frozen
+        precision.hold(self.loaded.model, dtype)
 
     def prepare(self, mqc):
         if mqc is None:

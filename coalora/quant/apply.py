@@ -1,9 +1,13 @@
 """Applying a model-level configuration: targeted weights become their dequantized values.
 
 ``QuantizedBase`` keeps one in-memory copy of the full-precision weights of the targeted
-matrices, so switching configurations never reloads the model from disk. Dequantized
-weights are cached per (matrix, option) up to a byte budget, because training samples a
-few configurations over and over.
+matrices, so switching configurations never reloads the model from disk. The copy is never
+upcast: each matrix is held in the narrowest of bf16 / fp16 / its own dtype that holds its
+values exactly (a bf16 checkpoint's weights stay bf16), and is quantized from fp32 one matrix
+at a time, so the quantizer's numerics do not depend on how the copy is held. Dequantized
+weights are cached per (matrix, option) in the dtype the model holds them (the compute
+dtype, ``coalora.precision``) up to a byte budget, because training samples a few
+configurations over and over.
 
 ``QuantizedBase`` is the only writer of a model's targeted base weights: methods whose base
 is not coalora's quantizer under a configuration (LQ-LoRA's residual, GPTQ's weights) hand
@@ -30,9 +34,9 @@ class QuantizedBase:
         self.targets: list[QuantTarget] = quantizable_targets(model)
         modules = dict(model.named_modules())
         self.linears: dict[str, nn.Linear] = {t.name: modules[t.name] for t in self.targets}
-        # The full-precision originals, held once (fp32 for exact quantization).
+        # The full-precision originals, held once, exactly (``narrowest_exact``).
         self.base_weights: dict[str, torch.Tensor] = {
-            n: m.weight.detach().to(torch.float32).clone() for n, m in self.linears.items()
+            n: narrowest_exact(m.weight.detach()) for n, m in self.linears.items()
         }
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -42,12 +46,17 @@ class QuantizedBase:
         self.current: ModelQConfig | str | None = None
 
     def dequantized(self, name: str, qc, quantizer: str = "nf") -> torch.Tensor:
-        key = (name, qc.index, quantizer)
+        """Matrix ``name`` quantized under option ``qc`` and dequantized, in the dtype the
+        model holds it in."""
+        dtype = self.linears[name].weight.dtype
+        key = (name, qc.index, quantizer, dtype)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        weight = quantize_dequantize(self.base_weights[name], qc, quantizer)
+        # From fp32 (one matrix at a time): the same bits however the original is held.
+        original = self.base_weights[name].to(torch.float32)
+        weight = quantize_dequantize(original, qc, quantizer).to(dtype)
         size = weight.numel() * weight.element_size()
         if size <= self.cache_bytes:
             self._cache[key] = weight
@@ -92,6 +101,18 @@ class QuantizedBase:
         """Put the full-precision weights back."""
         self._write(self.base_weights)
         self.current = None
+
+
+def narrowest_exact(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of ``weight`` in the narrowest of bf16, fp16 and its own dtype that holds every
+    value exactly (never wider than its own)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        if weight.element_size() <= torch.finfo(dtype).bits // 8:
+            break
+        narrow = weight.to(dtype)
+        if torch.equal(narrow.to(weight.dtype), weight):
+            return narrow
+    return weight.clone()
 
 
 def apply_qconfig(model: nn.Module, mqc: ModelQConfig) -> nn.Module:

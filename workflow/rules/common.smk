@@ -240,6 +240,9 @@ def train_flags(exp, label, seed):
     the seed."""
     variant = exp_conf(exp).get("variants", {}).get(label, {})
     settings = dict(exp_conf(exp).get("train", {}), **variant.get("train", {}), seed=int(seed))
+    dtype = settings.pop("compute_dtype", config["compute_dtype"])
+    if dtype != "auto":  # auto is the CLI's default: the default's commands stay as they were
+        settings["compute_dtype"] = dtype
     return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in sorted(settings.items()))
 
 
@@ -265,6 +268,9 @@ def eval_flags(exp):
         flags.append(f"--window {conf['window']}")
     if conf.get("lm_eval_limit"):
         flags.append(f"--lm-eval-limit {conf['lm_eval_limit']}")
+    dtype = conf.get("compute_dtype", config["compute_dtype"])
+    if dtype != "auto":
+        flags.append(f"--compute-dtype {dtype}")
     if "lm_eval_tasks" in conf:  # [] runs none (the flag alone), not the default tasks
         flags.append(" ".join(["--lm-eval-tasks", *conf["lm_eval_tasks"]]))
     return " ".join(flags)
