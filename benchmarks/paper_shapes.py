@@ -59,9 +59,12 @@ SHAPES = {
 }  # fmt: skip
 
 
-def build_model_dir(name: str, out: Path, seed: int = 0, layers: int | None = None) -> Path:
+def build_model_dir(
+    name: str, out: Path, seed: int = 0, layers: int | None = None, dtype=torch.float32
+) -> Path:
     """Write a random-init model of ``name``'s shape plus a tiny tokenizer to ``out``
-    (``layers``: keep only that many blocks, for a quick check of the code path)."""
+    (``layers``: keep only that many blocks, for a quick check of the code path; ``dtype``:
+    the dtype its weights ship in, e.g. bf16 as the hub's Qwen2.5 and LLaMA-2 checkpoints)."""
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -91,7 +94,7 @@ def build_model_dir(name: str, out: Path, seed: int = 0, layers: int | None = No
         config.architectures = ["Qwen2ForCausalLM" if family == "qwen2" else "LlamaForCausalLM"]
         auto = AutoModelForCausalLM
     torch.manual_seed(seed)
-    model = auto.from_config(config, dtype=torch.float32)
+    model = auto.from_config(config, dtype=dtype)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

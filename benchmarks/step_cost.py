@@ -23,6 +23,7 @@ Training settings (r, alpha, lr, budgets, quantizer, search) come from an experi
 
     python benchmarks/step_cost.py                          # MiniLM-L6, bible-testament, CPU
     python benchmarks/step_cost.py --model tiny-bert --steps 4 --warmup 1
+    python benchmarks/step_cost.py --dtype bf16,fp32                # both dtypes, side by side
     python benchmarks/step_cost.py --device cuda --paper-shape roberta-large --batch-size 4 --max-length 256 --r 64
 """
 
@@ -52,6 +53,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 import coalora.quant.apply as quant_apply  # noqa: E402
+from coalora import precision  # noqa: E402
 from coalora.budgets import AllocationSpec  # noqa: E402
 from coalora.data import load_task, make_batches  # noqa: E402
 from coalora.methods import get_method  # noqa: E402
@@ -209,6 +211,83 @@ def median(values) -> float:
     return float(np.median(values)) if len(values) else float("nan")
 
 
+def linear_shapes(model) -> list[tuple[int, int]]:
+    """(in, out) of every nn.Linear of the model (the base layers under LoRA included)."""
+    return [
+        (m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    ]
+
+
+def gemm_rates(model, batch, dtype, device, sync, reps: int = 3) -> dict:
+    """The achieved linear-layer FLOP/s of one training pass (forward + backward to the
+    inputs: 4 x tokens x in x out per frozen linear) and the machine's own GEMM rate at the
+    same shapes in ``dtype`` (``F.linear`` with the weight held in it, best of ``reps``)."""
+    tokens = int(batch["input_ids"].numel())
+    shapes = linear_shapes(model)
+    seconds = 0.0
+    for n_in, n_out in sorted(set(shapes)):
+        x = torch.randn(tokens, n_in, device=device).to(dtype)
+        w = torch.randn(n_out, n_in, device=device).to(dtype)
+        torch.nn.functional.linear(x, w)  # warm-up (oneDNN primitive creation)
+        best = float("inf")
+        for _ in range(reps):
+            sync()
+            tick = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            sync()
+            best = min(best, time.perf_counter() - tick)
+        seconds += best * shapes.count((n_in, n_out))
+    flops = 2.0 * tokens * sum(i * o for i, o in shapes)
+    return {"pass_flops": 2 * flops, "peak": flops / seconds}
+
+
+@torch.no_grad()
+def eval_forward_seconds(method, batches, sync, n: int) -> float:
+    """Median seconds of an evaluation forward pass (no autograd) of the adapted model."""
+    model = method.prepare_eval(method.train_configs[0])
+    times = []
+    for k in range(max(2, n) + 1):
+        batch = batches.batch(k)
+        sync()
+        tick = time.perf_counter()
+        model(**batch)
+        sync()
+        times.append(time.perf_counter() - tick)
+    return median(times[1:])  # the first one warms up
+
+
+def compare_dtypes(summaries: dict, k: int) -> None:
+    names = list(summaries)
+    print(f"\n=== compute dtypes side by side ({', '.join(names)}) ===")
+    header = f"{'':<38}" + "".join(f"{n:>12}" for n in names) + f"{'speed-up':>12}"
+    print(header)
+    print("-" * len(header))
+    # bf16's speed-up over fp32 where both ran; else the first dtype's over the last's.
+    fast, slow = ("bf16", "fp32") if {"bf16", "fp32"} <= set(names) else (names[0], names[-1])
+    first, last = summaries[fast], summaries[slow]
+    for key, text in (
+        ("coalora", f"CoA-LoRA step (K={k}), s"),
+        ("qlora", "QLoRA step, s"),
+        ("eval", "evaluation forward (no grad), s"),
+    ):
+        values = "".join(f"{summaries[n][key]:>12.4f}" for n in names)
+        print(f"{text:<38}{values}{last[key] / first[key]:>11.2f}x")
+    ratios = "".join(f"{summaries[n]['ratio']:>12.2f}" for n in names)
+    print(f"{'CoA-LoRA / floor (K x QLoRA)':<38}{ratios}")
+    for n in names:
+        g = summaries[n]["gemm"]
+        achieved = g["pass_flops"] / summaries[n]["pass"]
+        print(
+            f"{n}: one training pass {achieved / 1e9:.1f} GFLOP/s of linear layers, against this "
+            f"machine's {n} GEMM rate at the same shapes {g['peak'] / 1e9:.1f} GFLOP/s "
+            f"({100 * achieved / g['peak']:.0f}%)"
+        )
+    print(
+        f"speed-up = {slow} seconds / {fast} seconds (goals on a CPU with AMX-BF16: "
+        f"training step >= 2x, evaluation >= 2.5x for bf16 over fp32)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm-l6", help="a name of `coalora models`")
@@ -249,9 +328,18 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="compute dtypes, comma-separated (bf16, fp32, auto), measured one after the other",
+    )
+    parser.add_argument(
         "--max-elements", type=int, default=65536, help="cost-table sampling per matrix"
     )
     args = parser.parse_args()  # fmt: skip
+    args.dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    for dtype in args.dtypes:
+        if dtype not in precision.SETTINGS:
+            parser.error(f"--dtype: each of {', '.join(precision.SETTINGS)}, got {dtype!r}")
     for name in ("batch_size", "max_length", "k", "steps", "block", "max_elements"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -293,6 +381,19 @@ def main() -> None:
 
 
 def run(args, model_ref, label, task_name, exp_name, exp, device, sync) -> None:
+    """Every ``--dtype`` in turn, then their comparison."""
+    summaries = {}
+    for dtype in args.dtypes:
+        print(f"\n=== compute_dtype {dtype} ===")
+        summaries[dtype] = run_dtype(
+            args, model_ref, label, task_name, exp_name, exp, device, sync, dtype
+        )
+    if len(summaries) > 1:
+        compare_dtypes(summaries, args.k)
+
+
+def run_dtype(args, model_ref, label, task_name, exp_name, exp, device, sync, dtype) -> dict:
+    """One compute dtype: the step table, the parts, the search round; returns its summary."""
     train_conf = exp["train"]
     epoch_steps = args.epoch_steps or train_conf.get("epoch_steps")
     base = TrainSettings.from_dict(
@@ -305,6 +406,7 @@ def run(args, model_ref, label, task_name, exp_name, exp, device, sync) -> None:
             "epoch_steps": 0,  # search off while steps are measured
             "device": args.device,
             "steps": args.block,
+            "compute_dtype": dtype,
         }
     )
     spec = AllocationSpec(
@@ -324,7 +426,11 @@ def run(args, model_ref, label, task_name, exp_name, exp, device, sync) -> None:
         loaded.model.to(device)
         qbase = QuantizedBase(loaded.model)
         configs = training_configs(cls, loaded, qbase, allocation=spec, **which)
-        return cls(loaded, qbase, base, configs)
+        method = cls(loaded, qbase, base, configs)
+        # As the engine does at its start (it does again, to no effect): the cache fills in
+        # the compute dtype from the first switch on.
+        method.hold_in(precision.resolve(dtype, device))
+        return method
 
     coa = build("coalora", budgets=exp["budgets"])
     qlora = build("qlora", budget=exp["qlora_budget"])
@@ -337,6 +443,7 @@ def run(args, model_ref, label, task_name, exp_name, exp, device, sync) -> None:
         f"{torch.get_num_threads()} (CPUs {os.cpu_count()}, load average {load:.2f})"
     )
     print(
+        f"compute dtype {precision.record_name(coa.compute_dtype)} (--dtype {dtype}), "
         f"K={args.k}, batch {base.batch_size} x {base.max_length} tokens, r={base.r}, "
         f"alpha={base.alpha:g}; settings of experiment {exp_name} (config/config.yaml); "
         f"{args.steps} measured steps per method in blocks of {args.block} after {args.warmup} warm-up"
@@ -465,6 +572,16 @@ def run(args, model_ref, label, task_name, exp_name, exp, device, sync) -> None:
         f"goal on CPU: ratio <= {GOAL}: measured {ratio:.2f} (search off) -> {verdict}{where}; "
         "a measurement on this machine under its load, not a test"
     )
+    passes = median([s["forward"] + s["backward"] for s in rows["coalora"]]) / args.k
+    return {
+        "dtype": coa.compute_dtype,
+        "coalora": coa_step,
+        "qlora": q_step,
+        "ratio": ratio,
+        "eval": eval_forward_seconds(coa, batches, sync, args.steps),
+        "pass": passes,
+        "gemm": gemm_rates(coa.model, batches.batch(0), coa.compute_dtype, device, sync),
+    }
 
 
 if __name__ == "__main__":

@@ -29,6 +29,39 @@ def test_step_cost_prints_both_methods_and_a_ratio():
 
 
 @pytest.mark.slow
+def test_step_cost_puts_both_compute_dtypes_side_by_side():
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "step_cost.py"), "--model", "tiny-bert",
+        "--steps", "1", "--block", "1", "--warmup", "0", "--budgets", "3", "4",
+        "--dtype", "fp32,bf16",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, check=True)
+    text = out.stdout
+    assert "compute dtype bfloat16 (--dtype bf16)" in text and "compute dtype float32" in text
+    row = re.search(r"^CoA-LoRA step \(K=2\), s\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", text, re.M)
+    assert row, text
+    fp32, bf16, speedup = (float(g) for g in row.groups())
+    assert speedup == pytest.approx(fp32 / bf16, abs=0.01)  # bf16 over fp32, whatever the order
+    assert re.search(r"^bf16: one training pass [\d.]+ GFLOP/s .* bf16 GEMM rate", text, re.M)
+
+
+@pytest.mark.slow
+def test_memory_prints_bytes_per_parameter_for_each_dtype():
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "memory.py"), "--model", "tiny-llama",
+        "--tokens", "1x16", "--dtype", "bf16,fp32", "--threads", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"bytes per base parameter: [\d.]+", lines[-1]), out.stdout
+    assert re.search(r"^bfloat16\s+[\d.]+\s", out.stdout, re.M)
+    assert re.search(r"^float32\s+[\d.]+\s", out.stdout, re.M)
+    assert "LLaMA-2-7B projection (bfloat16, batch 4 x 256)" in out.stdout
+
+
+@pytest.mark.slow
 def test_lora_fusion_times_both_paths_and_finds_them_identical():
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "lora_fusion.py"), "--model", "tiny-bert",
