@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="run B: a results directory or its claims.csv")
     p.add_argument("--out", help="CSV to write (one row per claim test)")
     p.add_argument("--markdown", help="Markdown report to write (also printed)")
+    p.add_argument("--gaps", help="CSV to write: per experiment and method, the metric gap B - A")
     p.set_defaults(func=_cmd_compare)
     return parser
 

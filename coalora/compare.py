@@ -10,7 +10,9 @@ across machines. This module compares two runs on both levels:
 - per evaluation record present in both runs (paired by path relative to the results
   directory): whether its metrics and per-example outcomes are bit-identical;
 - per provenance field (code version, packages, the machine, compute dtype, threads, device):
-  what differs, and so why records differ bit-wise, or that nothing recorded explains it.
+  what differs, and so why records differ bit-wise, or that nothing recorded explains it;
+- per experiment and method: the metric gap B - A with its 95% interval over seeds and test
+  examples (``coalora.metric_gaps``), e.g. what computing in bf16 instead of fp32 moved.
 
 The runs *agree* when every test is in both, every verdict is the same and every effect lies
 inside the other run's interval. Bit-level differences alone do not make runs disagree.
@@ -31,6 +33,7 @@ import pandas as pd
 from .evaluate.results import MACHINE_FIELDS as RECORD_MACHINE_FIELDS
 from .evaluate.results import read_result
 from .io import atomic_path
+from .metric_gaps import BOUND, metric_gaps
 
 CLAIMS_FILE_NAME = "claims.csv"  # the workflow's claims table, in the results directory
 # A test with a margin has a row per reading (superior, comparable); tables written before
@@ -371,6 +374,7 @@ class Comparison:
     records: pd.DataFrame
     only_records: dict[str, list[str]]  # run -> records present in that run only
     provenance: pd.DataFrame
+    gaps: pd.DataFrame  # per experiment and method: B - A (coalora.metric_gaps)
 
     @property
     def agree(self) -> bool:
@@ -396,6 +400,7 @@ def compare_runs(a_path: str | Path, b_path: str | Path) -> Comparison:
             "B": sorted(set(b.records) - set(a.records)),
         },
         compare_provenance(a.records, b.records),
+        metric_gaps(a.records, b.records),
     )
 
 
@@ -492,6 +497,27 @@ def markdown(comparison: Comparison) -> str:
             [[f"`{r.record}`", r.difference, r.why] for r in records[~identical].itertuples()],
         )
 
+    lines += ["", "## Metric gaps (B - A) per method", ""]
+    if c.gaps.empty:
+        lines.append("No records in both runs.")
+    else:
+        lines.append(
+            f"Per seed the mean over configurations of B - A (points; for perplexity -100 "
+            f"d ln(ppl): positive is B better), 95% interval over seeds and test examples; "
+            f"bound fixed beforehand: +-{BOUND:g}."
+        )
+        lines += [""] + _table(
+            ["experiment", "method", "metric", "seeds x configs", "B - A [95% interval]",
+             "inside +-bound", "dtypes A -> B", "noise"],
+            [
+                [r.experiment, r.method, r.metric, f"{r.n_seeds} x {r.n_configs}",
+                 _effect(r.effect, r.low, r.high),
+                 "n/a" if r.within_bound is None else ("yes" if r.within_bound else "**no**"),
+                 f"{r.dtype_a} -> {r.dtype_b}", r.noise]
+                for r in c.gaps.itertuples(index=False)
+            ],
+        )  # fmt: skip
+
     lines += ["", "## Provenance", ""]
     differing = c.provenance[c.provenance["differs"]]
     if differing.empty:
@@ -522,6 +548,9 @@ def compare_from_cli(args) -> int:
     if args.out:
         with atomic_path(args.out, suffix=".csv") as tmp:
             comparison.tests.to_csv(tmp, index=False, float_format="%.6g")
+    if getattr(args, "gaps", None):
+        with atomic_path(args.gaps, suffix=".csv") as tmp:
+            comparison.gaps.to_csv(tmp, index=False, float_format="%.6g")
     if args.markdown:
         with atomic_path(args.markdown, suffix=".md") as tmp:
             tmp.write_text(text)

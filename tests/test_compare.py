@@ -296,3 +296,44 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
 
 def test_the_columns_read_are_columns_the_claims_table_writes():
     assert set(compare.CLAIM_FIELDS) <= set(claims.CLAIM_COLUMNS)
+
+
+def _flipped(predictions: str, n: int) -> str:
+    """``predictions`` with its first ``n`` correct answers made wrong."""
+    out, left = list(predictions), n
+    for i, (p, y) in enumerate(zip(predictions, LABELS, strict=True)):
+        if left and p == y:
+            out[i], left = "1" if y == "0" else "0", left - 1
+    return "".join(out)
+
+
+def test_metric_gaps_per_method_have_intervals_and_a_bound(tmp_path, capsys):
+    """B computes in another dtype: CoA-LoRA loses 8 of 40 answers in every record (-20
+    points), QLoRA is unchanged (0, inside the +-1 point bound)."""
+    base = "01" * 18 + "1010"  # 36 of 40 right
+    a, b = {}, {}
+    for seed in range(3):
+        for config in ("b3", "b4"):
+            for method in ("coalora", "qlora"):
+                path = eval_path(method, seed, config)
+                a[path] = record(method, config, seed, predictions=base)
+                changed = _flipped(base, 8) if method == "coalora" else base
+                b[path] = record(
+                    method, config, seed, predictions=changed,
+                    protocol={"dtype": "bfloat16", "device": "cpu", "threads": 2},
+                )  # fmt: skip
+    run_a, run_b = make_run(tmp_path / "a", TESTS, a), make_run(tmp_path / "b", TESTS, b)
+    gaps_csv = tmp_path / "gaps.csv"
+    status, out, _ = run_cli(capsys, run_a, run_b, "--gaps", gaps_csv)
+    assert status == 0  # gaps are reported, they do not make the runs disagree
+    gaps = pd.read_csv(gaps_csv).set_index("method")
+    assert gaps.loc["coalora", "effect"] == -20.0 and gaps.loc["qlora", "effect"] == 0.0
+    assert gaps.loc["coalora", "n_seeds"] == 3 and gaps.loc["coalora", "n_configs"] == 2
+    # Every seed moved alike, so the interval is the test-sample part: it excludes 0 and the
+    # bound; QLoRA's records are identical, so its interval is the point 0.
+    assert gaps.loc["coalora", "high"] < -1.0 and not gaps.loc["coalora", "within_bound"]
+    assert gaps.loc["qlora", "low"] == 0.0 == gaps.loc["qlora", "high"]
+    assert gaps.loc["qlora", "within_bound"]
+    assert gaps.loc["coalora", "dtype_a"] == "float32"
+    assert gaps.loc["coalora", "dtype_b"] == "bfloat16"
+    assert "## Metric gaps (B - A) per method" in out and "float32 -> bfloat16" in out
