@@ -10,10 +10,9 @@ dequantization cache, the optimizer allocates its state), reset the kernel's pea
 Printed per run: the peak resident memory above the process's baseline (its RSS after the
 imports, before the model is loaded) divided by the base's parameter count, and what is held
 by part (the working weights, the originals ``QuantizedBase`` re-quantizes from, the
-dequantization cache, the trained parameters with their gradients and AdamW state; the rest
-of the peak is activations and allocator slack). Then a projection to LLaMA-2-7B (6.74 B
-parameters, batch 4 x 256 tokens): the per-parameter parts times its parameters, the cache at
-its cap, and the activations scaled by tokens x layers x (hidden + intermediate). The last
+dequantization cache, the trained parameters with their gradients and AdamW state, and what
+the step adds above the memory held when it starts; the rest is allocator slack). Then a
+projection to LLaMA-2-7B (6.74 B parameters, batch 4 x 256 tokens; ``projection``). The last
 line is ``bytes per base parameter: X`` (the first model in the first dtype).
 
     python benchmarks/memory.py                                   # SmolLM2 and Qwen2.5-1.5B shape
@@ -137,21 +136,27 @@ def measure(args) -> dict:
 
 
 def projection(row: dict) -> dict:
-    """LLaMA-2-7B at batch 4 x 256 from one measured run."""
+    """LLaMA-2-7B at batch 4 x 256 from one measured run: the per-parameter parts times its
+    parameters, the cache as it would fill (at most its cap), and what one step adds above
+    the memory held when it starts (activations, gradients in flight), scaled by tokens x
+    layers x (hidden + intermediate), plus its logits. Allocator slack held from loading
+    (RSS at the step's start beyond the parts) is not projected."""
     shape = row["shape"]
     per_param = (row["working"] + row["originals"] + row["trained"]) / row["params"]
-    cache = row["cache_cap"] if row["cache"] >= row["cache_cap"] * 0.5 else row["cache"]
-    cache = min(row["cache_cap"], cache * LLAMA_7B["params"] / row["params"])
-    rest = max(0, row["peak_bytes"] - row["working"] - row["originals"] - row["trained"])
-    rest -= row["cache"]
+    wanted = 2 * LLAMA_7B["params"] * (row["working"] / row["params"])  # two configurations
+    cache = min(row["cache_cap"], wanted)
+    step = max(0, row["peak_bytes"] - row["held_bytes"])
+    tokens_layers = PROJECTED_TOKENS * LLAMA_7B["layers"]
     scale = (
-        PROJECTED_TOKENS * LLAMA_7B["layers"] * (LLAMA_7B["hidden"] + LLAMA_7B["intermediate"])
-    ) / (row["tokens"] * shape["layers"] * (shape["hidden"] + shape["intermediate"]))
+        tokens_layers
+        * (LLAMA_7B["hidden"] + LLAMA_7B["intermediate"])
+        / (row["tokens"] * shape["layers"] * (shape["hidden"] + shape["intermediate"]))
+    )
     logits = PROJECTED_TOKENS * LLAMA_7B["vocab"] * (2 + 4 + 4)  # bf16 out, fp32 copy, grad
     parts = {
         "weights and trained": per_param * LLAMA_7B["params"],
         "cache": cache,
-        "activations": max(0.0, rest) * scale + logits,
+        "step": step * scale + logits,
     }
     return {**parts, "total": sum(parts.values())}
 
@@ -186,6 +191,7 @@ def main() -> None:
     parser.add_argument("--r", type=int, default=16, help="LoRA rank")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--task", default="bible-lm")
+    parser.add_argument("--json", help="also write every measured row to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-ref", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,6 +213,7 @@ def main() -> None:
         f"{args.threads} threads; CPU bf16 matrix units: {bf16_matrix_units()}"
     )
     headline = None
+    measured = []
     with tempfile.TemporaryDirectory(prefix="memory-") as tmp:
         for name in models:
             if name in SHAPES:
@@ -219,7 +226,7 @@ def main() -> None:
             print(f"\n{label}")
             header = (
                 f"{'dtype':<9} {'B/param':>8} {'peak':>10} {'working':>10} {'originals':>18} "
-                f"{'cache':>10} {'trained':>9} {'s/step':>7} {'7B proj.':>9}"
+                f"{'cache':>10} {'trained':>9} {'step +':>10} {'s/step':>7} {'7B proj.':>9}"
             )
             print(header)
             print("-" * len(header))
@@ -227,13 +234,15 @@ def main() -> None:
             for dtype in dtypes:
                 row = run_child(ref, label, dtype, args)
                 rows[dtype] = row
+                measured.append({"model": name, **row})
                 proj = projection(row)
                 per = row["peak_bytes"] / row["params"]
                 originals = f"{gib(row['originals'])} {'/'.join(d.removeprefix('torch.') for d in row['originals_dtypes'])}"
                 print(
                     f"{row['dtype']:<9} {per:>8.2f} {gib(row['peak_bytes']):>10} "
                     f"{gib(row['working']):>10} {originals:>18} {gib(row['cache']):>10} "
-                    f"{gib(row['trained']):>9} {row['step_seconds']:>7.1f} "
+                    f"{gib(row['trained']):>9} {gib(row['peak_bytes'] - row['held_bytes']):>10} "
+                    f"{row['step_seconds']:>7.1f} "
                     f"{proj['total'] / 1e9:>7.1f}GB"
                 )
                 if headline is None:
@@ -243,9 +252,11 @@ def main() -> None:
             print(
                 f"LLaMA-2-7B projection ({first['dtype']}, batch 4 x 256): weights and trained "
                 f"{p['weights and trained'] / 1e9:.1f} GB + cache {p['cache'] / 1e9:.1f} GB + "
-                f"activations {p['activations'] / 1e9:.1f} GB = {p['total'] / 1e9:.1f} GB "
+                f"a step's activations {p['step'] / 1e9:.1f} GB = {p['total'] / 1e9:.1f} GB "
                 f"(goal < {GOAL_7B_GB:.0f} GB: {'met' if p['total'] / 1e9 < GOAL_7B_GB else 'not met'})"
             )
+    if args.json:
+        Path(args.json).write_text(json.dumps(measured, indent=1))
     name, row = headline
     per = row["peak_bytes"] / row["params"]
     print(

@@ -21,7 +21,13 @@ from coalora.runner import load_trained, run_training
 from coalora.train import TrainSettings, train
 
 # A small training set seen for several epochs, so the random tiny model can fit it quickly.
-SETTINGS = dict(steps=12, lr=1e-2, batch_size=8, max_length=32, r=8, alpha=16, configs_per_step=2)
+# fp32 whatever the CPU (auto would be bf16 on one with bf16 units): these tests compare
+# logits across paths (export, reload) at fp32 tolerances; tests/test_precision.py trains
+# every method in bf16.
+SETTINGS = dict(
+    steps=12, lr=1e-2, batch_size=8, max_length=32, r=8, alpha=16, configs_per_step=2,
+    compute_dtype="fp32",
+)  # fmt: skip
 NF2 = QuantConfig(2, 8, "fp32", 32, 256)  # low bits: visible quantization damage
 FAST_OPTIONS = {
     "lqlora": {"iters": 3},
