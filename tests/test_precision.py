@@ -262,3 +262,13 @@ def test_records_name_the_compute_dtype_and_claims_name_a_mixture():
     assert "dtype" not in same
     mixed = claims.deviations([("a", rows("bfloat16", "bfloat16")), ("b", rows("float32"))])
     assert "mixed compute dtypes (a bfloat16, b float32)" in mixed
+
+
+def test_on_cuda_auto_asks_the_gpu_not_the_cpu(monkeypatch, units):
+    """The same code decides for a GPU (no branch only a GPU runs): bf16 where torch says the
+    device supports it natively, whatever the CPU has."""
+    units(False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert precision.resolve("auto", "cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert precision.resolve("auto", "cuda") == torch.float32
