@@ -79,6 +79,11 @@ def resolve(setting: str, device: torch.device | str) -> torch.dtype:
     return dtype
 
 
+def setting_of(record_name: str) -> str:
+    """The setting (``bf16`` / ``fp32``) of a record's dtype name (``bfloat16`` / ``float32``)."""
+    return {name: setting for setting, name in COMPUTE_DTYPES.items()}[record_name]
+
+
 def record_name(dtype: torch.dtype) -> str:
     """The name records give ``dtype`` (``protocol.dtype``): ``"bfloat16"`` or ``"float32"``."""
     name = str(dtype).removeprefix("torch.")

@@ -180,7 +180,7 @@ def train(
             raise ValueError(
                 f"resume state {resume} ran in {result.dtype or 'float32'}, this run computes "
                 f"in {precision.record_name(dtype)}: resume with compute_dtype="
-                f"{'bf16' if result.dtype == 'bfloat16' else 'fp32'} or delete it to start over"
+                f"{precision.setting_of(result.dtype or 'float32')} or delete it to start over"
             )
         log.info("resuming %s at step %d", method.name, start)
 

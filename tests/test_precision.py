@@ -166,7 +166,7 @@ def test_every_method_trains_in_either_dtype_and_records_it(method, compute_dtyp
     import json
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["compute_dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[compute_dtype]
+    assert manifest["compute_dtype"] == precision.COMPUTE_DTYPES[compute_dtype]
     assert np.isfinite(manifest["final_loss"])
     weights = load_file(out / "weights.safetensors")
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
@@ -198,9 +198,7 @@ def test_the_same_seed_gives_the_same_numbers_in_each_dtype(compute_dtype, tmp_p
         runner, batches, settings = _tiny_bert(compute_dtype)
         runs.append((train(runner, batches.batch, settings, progress=False), runner))
     assert runs[0][0].losses == runs[1][0].losses
-    assert runs[0][0].dtype == precision.record_name(
-        getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[compute_dtype])
-    )
+    assert runs[0][0].dtype == precision.COMPUTE_DTYPES[compute_dtype]
     for key, value in runs[0][1].trainable_state().items():
         assert torch.equal(value, runs[1][1].trainable_state()[key]), key
 
