@@ -43,19 +43,22 @@ def test_default_preset_dry_run(tmp_path):
     # The embedded default is found beside the Snakefile, whatever the working directory.
     proc = snakemake(tmp_path, "-n", "-p")
     counts = job_counts(proc.stdout)
-    # MiniLM (NF) at 3 seeds: CoA-LoRA and Shared-LoRA train once per seed, QLoRA and LQ-LoRA
+    # MiniLM (NF) at S seeds: CoA-LoRA and Shared-LoRA train once per seed, QLoRA and LQ-LoRA
     # once per evaluation budget (3) and seed, evaluated in their training jobs, and the
-    # full-precision LoRA reference once per seed; SmolLM2 at 3 seeds: CoA-LoRA and
+    # full-precision LoRA reference once per seed; SmolLM2 at S seeds: CoA-LoRA and
     # Shared-LoRA once, QLoRA once per budget (2).
+    seeds = len(yaml.safe_load(Path(preset("config.yaml")).read_text())["seeds"])
+    assert seeds >= 3
     assert counts["prepare"] == 2 and counts["cost_table"] == 2
     assert counts["cost_table_lowrank"] == 1  # LQ-LoRA's own allocation
-    assert counts["train"] == 2 * 3 + 2 * 3
-    assert counts["train_per_config"] == 2 * 3 * 3 + 2 * 3 and "evaluate" not in counts
-    assert counts["train_own_config"] == 3
-    assert counts["evaluate_minilm-testament"] == 2 * 3
+    assert counts["train"] == 2 * seeds + 2 * seeds
+    assert counts["train_per_config"] == 2 * 3 * seeds + 2 * seeds and "evaluate" not in counts
+    assert counts["train_own_config"] == seeds
+    assert counts["evaluate_minilm-testament"] == 2 * seeds
     # The unadapted base (a reference row, in no claim) is evaluated at the first seed only.
     assert counts["evaluate_base_minilm-testament"] == 1
-    assert counts["evaluate_smollm2-bible"] == 2 * 3 and counts["evaluate_base_smollm2-bible"] == 1
+    assert counts["evaluate_smollm2-bible"] == 2 * seeds
+    assert counts["evaluate_base_smollm2-bible"] == 1
     # Every table, the claims and every figure.
     assert counts["table1"] == 1 and counts["tables"] == 1 and counts["claims"] == 1
     assert counts["pareto_figure"] == 2 and counts["seen_unseen_figure"] == 2
@@ -181,12 +184,29 @@ def read_table(path):
         return without_times(csv.DictReader(handle))
 
 
+# `--config` items per compute dtype the CI preset is run in (auto: as the machine decides).
+DTYPE_CONFIG = {"auto": [], "bf16": ["compute_dtype=bf16"]}
+
+
+def uninterrupted_ci_run(tmp_path_factory, compute_dtype):
+    workdir = tmp_path_factory.mktemp(f"ci-run-{compute_dtype}")
+    config = DTYPE_CONFIG[compute_dtype]
+    args = ("--config", *config) if config else ()
+    snakemake(workdir, "--cores", "2", "--configfile", preset("ci.yaml"), *args)
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
     """The CI preset run once, uninterrupted (shared by the tests below)."""
-    workdir = tmp_path_factory.mktemp("ci-run")
-    snakemake(workdir, "--cores", "2", "--configfile", preset("ci.yaml"))
-    return workdir
+    return uninterrupted_ci_run(tmp_path_factory, "auto")
+
+
+@pytest.fixture(scope="module")
+def ci_run_bf16(tmp_path_factory):
+    """The CI preset run once in bf16, uninterrupted (on a CPU without bf16 units it runs
+    emulated, with the one warning; the killed-run test's reference in bf16)."""
+    return uninterrupted_ci_run(tmp_path_factory, "bf16")
 
 
 @pytest.mark.slow
@@ -299,16 +319,22 @@ def test_run_floor_counts_every_job_once(ci_run):
 
 
 @pytest.mark.slow
-def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_path):
+@pytest.mark.parametrize("compute_dtype", ["auto", "bf16"])
+def test_a_killed_run_started_again_finishes_with_the_same_tables(compute_dtype, request, tmp_path):
     """SIGKILL the whole run (Snakemake and its jobs) once the first evaluation is written,
     while other jobs are midway; no output it left may be half-written, and the run started
     again (--rerun-incomplete, as the profiles set) gives the uninterrupted run's tables.
     The first runs fork their jobs from a fork server, the restart runs each job cold: the
-    same tables also say that the server changes no number."""
+    same tables also say that the server changes no number. Once as the CI machine's
+    `auto` decides, once in bf16 against an uninterrupted bf16 run (determinism and resume
+    per dtype)."""
+    ci_run = request.getfixturevalue("ci_run" if compute_dtype == "auto" else "ci_run_bf16")
+    config = DTYPE_CONFIG[compute_dtype]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path)]
     args = ["--cores", "2", "--configfile", preset("ci.yaml")]
+    first = [*args, "--config", *config] if config else args
     proc = subprocess.Popen(
-        [*cmd, *args], cwd=tmp_path, env=ENV, start_new_session=True,
+        [*cmd, *first], cwd=tmp_path, env=ENV, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     results = tmp_path / "results-ci"
@@ -337,8 +363,11 @@ def test_a_killed_run_started_again_finishes_with_the_same_tables(ci_run, tmp_pa
     server_log = results / "logs" / "fork_server.log"
     server_log.unlink()  # the killed run's
     snakemake(tmp_path, "--unlock", *args)
-    snakemake(tmp_path, *args, "--rerun-incomplete", "--config", "fork_server=False")
+    snakemake(tmp_path, *args, "--rerun-incomplete", "--config", *config, "fork_server=False")
     assert not server_log.exists()
+    if compute_dtype == "bf16":
+        dtypes = {read_result(p)["protocol"]["dtype"] for p in results.glob("*/*/s*/eval/*.json")}
+        assert dtypes == {"bfloat16"}, dtypes
     for table in ["table1.csv", *(f"tables/{t}.csv" for t in ("rank", "search", "seen_unseen"))]:
         assert read_table(results / table) == read_table(ci_run / "results-ci" / table), table
     # The claims too, but for the time ratios and the price of deciding (measured seconds
