@@ -39,7 +39,9 @@ class ClaimTest:
     per_rank: bool = False
     paper: str | None = None
     paper_effect: float | list | None = None  # the paper's effect where ``paper`` is text
-    margin: str | None = None  # a name in the book's margins: also test "comparable"
+    # a name in the book's margins: also test "comparable"; for a gap in a claim on both
+    # kinds of metric, {higher: name, lower: name}, as a gap's unit follows the metric
+    margin: str | dict | None = None
     reading: str | None = None  # how the paper words it (default: superior / equivalent)
     gated: bool | None = None  # overrides the claim's ``gated``
 
@@ -54,18 +56,36 @@ class ClaimTest:
             raise ValueError(f"claims: reading {self.reading!r} is not one of {READINGS}")
         if self.margin is not None and (self.relation == "within" or self.reading):
             raise ValueError("claims: a margin goes with a greater/less relation, no reading")
+        if isinstance(self.margin, dict) and set(self.margin) != {"higher", "lower"}:
+            raise ValueError(
+                f"claims: a per-metric margin needs exactly higher and lower: {self.margin}"
+            )
 
     @property
     def stated_reading(self) -> str:
         return self.reading or ("equivalent" if self.relation == "within" else SUPERIOR)
 
-    def readings(self, margins: dict[str, Margin]) -> list[tuple[str, float, float]]:
+    def margin_name(self, group: report.Group) -> str | None:
+        """The margin's name in this group (a per-metric margin picks the group's metric)."""
+        if isinstance(self.margin, dict):
+            return self.margin["higher" if group.higher_is_better else "lower"]
+        return self.margin
+
+    def margin_names(self) -> list[str]:
+        if self.margin is None:
+            return []
+        return list(self.margin.values()) if isinstance(self.margin, dict) else [self.margin]
+
+    def readings(
+        self, margins: dict[str, Margin], group: report.Group
+    ) -> list[tuple[str, float, float]]:
         """(reading, threshold, margin) per reading tested: the stated one, and for a test
         with a margin the comparable one (the threshold moved by the margin against the
         claimed side); margin NaN where there is none."""
-        if self.margin is None:
+        name = self.margin_name(group)
+        if name is None:
             return [(self.stated_reading, self.threshold, math.nan)]
-        m = margins[self.margin].value
+        m = margins[name].value
         moved = self.threshold - m if self.relation == "greater" else self.threshold + m
         return [(SUPERIOR, self.threshold, math.nan), (COMPARABLE, moved, m)]
 
@@ -139,8 +159,17 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimBook:
             raise ValueError(f"{path}: claim {entry.get('id')!r}: gated must be true or false")
         tests = tuple(ClaimTest(**test) for test in entry["tests"])
         for test in tests:
-            if test.margin is not None and test.margin not in margins:
-                raise ValueError(f"{path}: claim {entry['id']}: unknown margin {test.margin!r}")
+            for name in test.margin_names():
+                if name not in margins:
+                    raise ValueError(f"{path}: claim {entry['id']}: unknown margin {name!r}")
+            # a gap is in points or in 100 x d ln ppl by the group's metric: one margin
+            # cannot serve both
+            metric = entry.get("groups", {}).get("metric", "any")
+            if test.statistic == "gap" and isinstance(test.margin, str) and metric == "any":
+                raise ValueError(
+                    f"{path}: claim {entry['id']}: a gap's margin in a claim on any metric "
+                    f"needs one per metric ({{higher: ..., lower: ...}}), not {test.margin!r}"
+                )
         claims.append(
             Claim(entry["id"], entry["claim"], dict(entry.get("groups", {})), tests, entry["gated"])
         )

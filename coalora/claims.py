@@ -426,7 +426,7 @@ def rows_of_test(
             "scale": scale_of(evidence, both[both["seed"].isin(seeds)], seeds),
             "deviations": deviations([(a_name, a)] + ([] if b is None else [(b_name, b)])),
         }
-        readings = test.readings(book.margins)
+        readings = test.readings(book.margins, g)
         for reading, threshold, margin in readings:
             raw = verdict(interval, test.relation, threshold)
             gated_out = claim.gates(test) and context.sensitivity.flat

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coalora import claimbook, claims, claims_report, power
+from coalora import claimbook, claims, claims_report, power, report
 from coalora.cli import main
 from coalora.evaluate.results import FULL_PRECISION, SCHEMA, read_results, write_result
 from coalora.sensitivity import FLAT_TEXT
@@ -205,6 +205,34 @@ def test_the_claims_file_is_checked(tmp_path):
         claims.load_claims(bad)
     bad.write_text(claimbook.CLAIMS_FILE.read_text() + "extra: 1\n")
     with pytest.raises(ValueError, match="unknown key"):
+        claims.load_claims(bad)
+
+
+def test_a_gap_margin_follows_the_groups_metric(tmp_path):
+    # C7 applies to accuracy and perplexity groups: its gap's comparable margin is 1 point
+    # in one and 5% of perplexity in the other, never points read as % of perplexity.
+    book = claims.load_claims()
+    c7_gap = next(c for c in book.claims if c.id == "C7").tests[1]
+    groups = {
+        higher: report.Group("m", "t", "int", pd.DataFrame({"higher_is_better": [higher]}))
+        for higher in (True, False)
+    }
+    assert c7_gap.readings(book.margins, groups[True])[1] == ("comparable", -1.0, 1.0)
+    assert c7_gap.readings(book.margins, groups[False])[1] == ("comparable", -5.0, 5.0)
+    # End to end, in an INT accuracy group: C7.2's comparable row carries the points margin.
+    records = coalora(accuracy_curve(0.85), quantizer="int") + qlora(
+        accuracy_curve(0.70), quantizer="int"
+    )
+    table, _ = table_of(tmp_path, records)
+    assert row(table, "C7.2")["margin"] == 1.0 and row(table, "C7.2")["verdict"] == claims.HOLDS
+    # One margin for a gap in a claim on any metric is refused when the file is read.
+    bad = tmp_path / "claims.yaml"
+    bad.write_text(
+        claimbook.CLAIMS_FILE.read_text().replace(
+            "margin: {higher: points, lower: perplexity}", "margin: points"
+        )
+    )
+    with pytest.raises(ValueError, match="claim C7: a gap's margin in a claim on any metric"):
         claims.load_claims(bad)
 
 
