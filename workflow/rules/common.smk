@@ -254,7 +254,8 @@ def data_flags(exp):
     return " ".join(flags)
 
 
-def eval_flags(exp):
+def eval_flags(exp, seed):
+    """`coalora evaluate` flags of an experiment's evaluations at one training seed."""
     conf = exp_conf(exp).get("eval", {})
     flags = []
     # Classifiers are evaluated at their training length (the bare base too).
@@ -272,8 +273,15 @@ def eval_flags(exp):
     if dtype != "auto":
         flags.append(f"--compute-dtype {dtype}")
     if "lm_eval_tasks" in conf:  # [] runs none (the flag alone), not the default tasks
-        flags.append(" ".join(["--lm-eval-tasks", *conf["lm_eval_tasks"]]))
+        tasks = conf["lm_eval_tasks"] if lm_eval_at(exp, seed) else []
+        flags.append(" ".join(["--lm-eval-tasks", *tasks]))
     return " ".join(flags)
+
+
+def lm_eval_at(exp, seed):
+    """Whether the lm-eval tasks run at this seed: at the first `lm_eval_seeds` seeds."""
+    first = exp_conf(exp).get("eval", {}).get("lm_eval_seeds")
+    return first is None or int(seed) in seeds_of(exp)[:first]
 
 
 def resources_for(exp, stage):

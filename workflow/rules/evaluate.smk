@@ -27,7 +27,7 @@ for _exp in EXPERIMENTS:
             f"{RESULTS}/benchmarks/{_exp}/{{method}}/s{{seed}}/eval.tsv"
         params:
             cli=COALORA,
-            flags=eval_flags(_exp),
+            flags=lambda w, _exp=_exp: eval_flags(_exp, w.seed),
             out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/{w.method}/s{w.seed}/eval",
         threads: resources_for(_exp, "evaluate").get("threads", 1)
         resources:
@@ -56,7 +56,7 @@ for _exp in EXPERIMENTS:
             cli=COALORA,
             model=exp_conf(_exp)["model"],
             task=exp_conf(_exp)["task"],
-            flags=eval_flags(_exp),
+            flags=lambda w, _exp=_exp: eval_flags(_exp, w.seed),
             out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/none/s{w.seed}/eval",
         threads: resources_for(_exp, "evaluate").get("threads", 1)
         resources:

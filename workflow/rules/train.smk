@@ -65,7 +65,7 @@ rule train_per_config:
         steps=lambda w: steps_for(w.exp, w.method),
         settings=lambda w: train_flags(w.exp, w.method, w.seed),
         data=lambda w: data_flags(w.exp),
-        eval=lambda w: eval_flags(w.exp),
+        eval=lambda w: eval_flags(w.exp, w.seed),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
@@ -103,7 +103,7 @@ rule train_own_config:
         steps=lambda w: steps_for(w.exp, w.method),
         settings=lambda w: train_flags(w.exp, w.method, w.seed),
         data=lambda w: data_flags(w.exp),
-        eval=lambda w: eval_flags(w.exp),
+        eval=lambda w: eval_flags(w.exp, w.seed),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
