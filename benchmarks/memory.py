@@ -10,7 +10,8 @@ dequantization cache, the optimizer allocates its state), reset the kernel's pea
 Printed per run: the peak resident memory above the process's baseline (its RSS after the
 imports, before the model is loaded) divided by the base's parameter count, and what is held
 by part (the working weights, the originals ``QuantizedBase`` re-quantizes from, the
-dequantization cache, the trained parameters with their gradients and AdamW state, and what
+dequantization cache beyond the working weights (the configuration in use is the cache's own
+tensors, so only the other cached entries cost more), the trained parameters with their gradients and AdamW state, and what
 the step adds above the memory held when it starts; the rest is allocator slack). The step is
 measured at the given tokens and again at twice the batch, so its growth splits into a part
 proportional to the tokens (activations) and a fixed part (a configuration switch's
@@ -138,7 +139,7 @@ def measure(args) -> dict:
         "working": tensor_bytes(working),
         "originals": tensor_bytes(qbase.base_weights.values()),
         "originals_dtypes": sorted({str(w.dtype) for w in qbase.base_weights.values()}),
-        "cache": qbase._cached_bytes,
+        "cache": qbase.cached_bytes_beyond_model(),
         "cache_cap": qbase.cache_bytes,
         # a parameter, its gradient and AdamW's two moments, all fp32
         "trained": 4 * tensor_bytes(trained),
@@ -159,15 +160,16 @@ def step_parts(row: dict) -> tuple[float, float]:
 
 def projection(row: dict) -> dict:
     """LLaMA-2-7B at batch 4 x 256 from one measured run: the per-parameter parts times its
-    parameters, the cache as it would fill (at most its cap), and a step's growth: its token
+    parameters, the cache beyond the working weights as it would fill (two configurations, at
+    most its cap, the one in use shared with the model), and a step's growth: its token
     part scaled by tokens x layers x (hidden + intermediate), its fixed part by the largest
     matrix (hidden x intermediate, the unit a configuration switch re-quantizes), plus the
     logits. Allocator slack held from loading (RSS at the step's start beyond the parts) is
     not projected."""
     shape = row["shape"]
     per_param = (row["working"] + row["originals"] + row["trained"]) / row["params"]
-    wanted = 2 * LLAMA_7B["params"] * (row["working"] / row["params"])  # two configurations
-    cache = min(row["cache_cap"], wanted)
+    config = LLAMA_7B["params"] * (row["working"] / row["params"])  # one configuration's bytes
+    cache = max(0.0, min(row["cache_cap"], 2 * config) - config)
     per_token, fixed = step_parts(row)
     width = LLAMA_7B["layers"] * (LLAMA_7B["hidden"] + LLAMA_7B["intermediate"])
     activations = (

@@ -322,6 +322,36 @@ def test_quantized_base_switches_without_reloading():
     assert not math.isclose(float((logits_a - full).abs().max().detach()), 0.0)
 
 
+def test_quantized_base_holds_the_configuration_in_use_once():
+    """The model's targeted weights are the cache's tensors: the cache costs only the other
+    configurations; weights handed in, and the originals, never alias the model."""
+    model = tiny_bert()
+    targets = quantizable_targets(model)
+    base = QuantizedBase(model)
+    a, b = random_model_config(targets, 1), random_model_config(targets, 2)
+    one_config = sum(t.numel for t in targets) * 4  # fp32
+    base.apply(a)
+    assert base.cached_bytes_beyond_model() == 0
+    base.apply(b)
+    # a's entries are cached beyond the model (those b shares with a are the model's own)
+    shared = sum(t.numel * 4 for t in targets if a.modules[t.name].index == b.modules[t.name].index)
+    assert base.cached_bytes_beyond_model() == one_config - shared > 0
+    x = torch.randint(0, 100, (2, 8))
+    logits_b = model(input_ids=x).logits
+    handed = {t.name: torch.zeros_like(base.linears[t.name].weight) for t in targets}
+    base.set_weights(handed, "zeros")
+    for w in handed.values():
+        w.fill_(1.0)  # the caller's tensors: the model must not see this
+    assert all(not base.linears[t.name].weight.detach().any() for t in targets)
+    originals = {n: w.clone() for n, w in base.base_weights.items()}
+    base.restore()
+    for linear in base.linears.values():
+        linear.weight.data.mul_(0.5)  # an in-place write into the restored weights
+    assert all(torch.equal(base.base_weights[n], w) for n, w in originals.items())
+    base.apply(b)  # from the cache, untouched by the writes above
+    assert torch.equal(model(input_ids=x).logits, logits_b)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_comparison_encoding_equals_bucketize(bits):
     from coalora.quant.blockwise import encode_blocks

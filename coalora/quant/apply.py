@@ -7,7 +7,10 @@ values exactly (a bf16 checkpoint's weights stay bf16), and is quantized from fp
 at a time, so the quantizer's numerics do not depend on how the copy is held. Dequantized
 weights are cached per (matrix, option) in the dtype the model holds them (the compute
 dtype, ``coalora.precision``) up to a byte budget, because training samples a few
-configurations over and over.
+configurations over and over. The model's targeted weights *are* those cached tensors (a
+configuration is applied by pointing each weight at its entry, not by copying into it), so the
+configuration in use is held once, not once in the model and again in the cache. Nothing
+writes into a targeted weight in place: every writer here assigns a tensor of its own.
 
 ``QuantizedBase`` is the only writer of a model's targeted base weights: methods whose base
 is not coalora's quantizer under a configuration (LQ-LoRA's residual, GPTQ's weights) hand
@@ -66,22 +69,32 @@ class QuantizedBase:
                 self._cached_bytes -= old.numel() * old.element_size()
         return weight
 
-    @torch.no_grad()
+    def _point(self, name: str, weight: torch.Tensor) -> None:
+        """Make ``weight`` the storage of matrix ``name`` (in the model's dtype for it)."""
+        linear = self.linears[name]
+        linear.weight.data = weight.to(linear.weight.dtype)
+
     def _write(self, weights: dict[str, torch.Tensor]) -> None:
+        """Targeted weights from tensors the caller keeps: copied, so that neither the
+        caller's tensors nor the originals ever alias the model."""
         for name, weight in weights.items():
-            linear = self.linears[name]
-            linear.weight.data.copy_(weight.to(linear.weight.dtype))
+            self._point(name, weight.to(self.linears[name].weight.dtype, copy=True))
 
     def apply(self, mqc: ModelQConfig) -> None:
-        """Set every targeted weight to its dequantized value under ``mqc``."""
+        """Set every targeted weight to its dequantized value under ``mqc`` (the cache's own
+        tensors: the configuration in use is held once)."""
         mqc.check_targets(self.targets)
-        self._write(
-            {
-                t.name: self.dequantized(t.name, mqc.modules[t.name], mqc.quantizer)
-                for t in self.targets
-            }
-        )
+        for t in self.targets:
+            self._point(t.name, self.dequantized(t.name, mqc.modules[t.name], mqc.quantizer))
         self.current = mqc
+
+    def cached_bytes_beyond_model(self) -> int:
+        """Bytes of cached dequantized weights that the model does not currently hold: what
+        the cache costs above the working weights."""
+        held = {linear.weight.data_ptr() for linear in self.linears.values()}
+        return sum(
+            w.numel() * w.element_size() for w in self._cache.values() if w.data_ptr() not in held
+        )
 
     def set_weights(self, weights: dict[str, torch.Tensor], label: str) -> None:
         """Write another base into targeted matrices (e.g. GPTQ's dequantized weights);
