@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from .heap import release_freed_memory
 from .machine import bf16_matrix_units
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ def hold(model: nn.Module, dtype: torch.dtype) -> None:
     stay fp32). Holding in fp32 again undoes a bf16 hold."""
     import torch
 
+    converted = False
     with torch.no_grad():
         for param in model.parameters():
             if not param.is_floating_point():
@@ -108,6 +110,9 @@ def hold(model: nn.Module, dtype: torch.dtype) -> None:
             wanted = torch.float32 if param.requires_grad else dtype
             if param.dtype != wanted:
                 param.data = param.data.to(wanted)
+                converted = True
+    if converted:
+        release_freed_memory()  # the weights in their former dtype
     if FORWARD_IN_CLASS in vars(model):
         del model.forward  # back to the class's forward
         delattr(model, FORWARD_IN_CLASS)

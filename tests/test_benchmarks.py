@@ -62,6 +62,19 @@ def test_memory_prints_bytes_per_parameter_for_each_dtype():
 
 
 @pytest.mark.slow
+def test_heap_release_times_switches_with_and_without_it():
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "heap_release.py"), "--model", "tiny-llama",
+        "--reps", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=True)
+    for mode in ("release", "keep"):
+        assert re.search(rf"^{mode}\s+median\s+[\d.]+ s .* RSS after [\d.]+ GiB$", out.stdout, re.M)
+    assert re.search(r"^release / keep seconds: [\d.]+x$", out.stdout, re.M), out.stdout
+
+
+@pytest.mark.slow
 def test_lora_fusion_times_both_paths_and_finds_them_identical():
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "lora_fusion.py"), "--model", "tiny-bert",

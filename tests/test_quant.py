@@ -332,6 +332,9 @@ def test_quantized_base_holds_the_configuration_in_use_once():
     one_config = sum(t.numel for t in targets) * 4  # fp32
     base.apply(a)
     assert base.cached_bytes_beyond_model() == 0
+    assert base.misses == len(targets)  # each matrix quantized once
+    base.apply(a)
+    assert base.misses == len(targets)  # from the cache: nothing quantized, nothing to release
     base.apply(b)
     # a's entries are cached beyond the model (those b shares with a are the model's own)
     shared = sum(t.numel * 4 for t in targets if a.modules[t.name].index == b.modules[t.name].index)

@@ -24,6 +24,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..heap import release_freed_memory
 from .blockwise import quantize_dequantize
 from .model_config import ModelQConfig
 from .targets import QuantTarget, quantizable_targets
@@ -44,6 +45,7 @@ class QuantizedBase:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
+        self.misses = 0  # matrices quantized so far (cache misses)
         # What the targeted weights hold: None (full precision), the ModelQConfig last
         # applied, or the label given to ``set_weights``.
         self.current: ModelQConfig | str | None = None
@@ -57,6 +59,7 @@ class QuantizedBase:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
+        self.misses += 1
         # From fp32 (one matrix at a time): the same bits however the original is held.
         original = self.base_weights[name].to(torch.float32)
         weight = quantize_dequantize(original, qc, quantizer).to(dtype)
@@ -79,13 +82,19 @@ class QuantizedBase:
         caller's tensors nor the originals ever alias the model."""
         for name, weight in weights.items():
             self._point(name, weight.to(self.linears[name].weight.dtype, copy=True))
+        release_freed_memory()  # the replaced weights
 
     def apply(self, mqc: ModelQConfig) -> None:
         """Set every targeted weight to its dequantized value under ``mqc`` (the cache's own
         tensors: the configuration in use is held once)."""
         mqc.check_targets(self.targets)
         for t in self.targets:
+            misses = self.misses
             self._point(t.name, self.dequantized(t.name, mqc.modules[t.name], mqc.quantizer))
+            if self.misses > misses:
+                # The quantizer's temporaries and the weight replaced are free heap now, which
+                # glibc would keep (``coalora.heap``).
+                release_freed_memory()
         self.current = mqc
 
     def cached_bytes_beyond_model(self) -> int:
