@@ -192,6 +192,7 @@ class GPTQLoRA(Method):
     name = "gptq-lora"
     serves = Serves.TRAINED_CONFIGURATION
     options_cls = GPTQOptions
+    setup_reads_base = True  # GPTQ's calibration passes and Hessians
 
     def setup(self) -> dict:
         require_llmcompressor()

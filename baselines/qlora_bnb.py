@@ -133,6 +133,7 @@ class QLoRABnb(Method):
 
     name = "qlora-bnb"
     serves = Serves.FIXED_CONFIGURATION
+    setup_reads_base = True  # bitsandbytes quantizes the model's weights
 
     @classmethod
     def fixed_configs(cls, targets: list[QuantTarget]) -> list[ModelQConfig]:

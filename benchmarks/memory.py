@@ -5,7 +5,9 @@ in the other's figures), on the shared engine: load the model as the workflow do
 CoA-LoRA on two uniform configurations (NF3 and NF4: no cost tables, the memory does not
 depend on which configurations), run one warm-up step (both configurations enter the
 dequantization cache, the optimizer allocates its state), reset the kernel's peak-RSS mark
-(``/proc/self/clear_refs``), run measured steps and read the peak (``VmHWM``).
+(``/proc/self/clear_refs``), run measured steps and read the peak (``VmHWM``). ``at load``:
+the peak before that reset (loading, the originals' copy, the warm-up step), in bytes per
+base parameter.
 
 Printed per run: the peak resident memory above the process's baseline (its RSS after the
 imports, before the model is loaded) divided by the base's parameter count, and what is held
@@ -107,6 +109,7 @@ def measure(args) -> dict:
     started = time.perf_counter()
     train(method, batches.batch, settings, progress=False)  # warm-up: caches, AdamW state
     warm_seconds = time.perf_counter() - started
+    loading_peak = rss_kib("VmHWM")  # the peak through loading and the warm-up step
 
     def measured_steps(batches, settings):
         """(RSS held at the start, peak RSS during, the result, seconds per step) in KiB."""
@@ -134,6 +137,7 @@ def measure(args) -> dict:
         "baseline_bytes": baseline * 1024,
         "held_bytes": (held - baseline) * 1024,
         "peak_bytes": (peak - baseline) * 1024,
+        "loading_peak_bytes": (loading_peak - baseline) * 1024,
         "step_bytes": max(0, peak - held) * 1024,
         "step_bytes_2x": max(0, peak_2x - held_2x) * 1024,
         "working": tensor_bytes(working),
@@ -255,7 +259,7 @@ def main() -> None:
                 ref, label = name, name
             print(f"\n{label}")
             header = (
-                f"{'dtype':<9} {'B/param':>8} {'peak':>10} {'working':>10} {'originals':>18} "
+                f"{'dtype':<9} {'B/param':>8} {'peak':>10} {'at load':>8} {'working':>10} {'originals':>18} "
                 f"{'cache':>10} {'trained':>9} {'step +':>10} {'s/step':>7} {'7B proj.':>9}"
             )
             print(header)
@@ -270,6 +274,7 @@ def main() -> None:
                 originals = f"{gib(row['originals'])} {'/'.join(d.removeprefix('torch.') for d in row['originals_dtypes'])}"
                 print(
                     f"{row['dtype']:<9} {per:>8.2f} {gib(row['peak_bytes']):>10} "
+                    f"{row['loading_peak_bytes'] / row['params']:>8.2f} "
                     f"{gib(row['working']):>10} {originals:>18} {gib(row['cache']):>10} "
                     f"{gib(row['trained']):>9} {gib(row['peak_bytes'] - row['held_bytes']):>10} "
                     f"{row['step_seconds']:>7.1f} "

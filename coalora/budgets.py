@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import precision
 from .data import load_task, make_batches
 from .io import cache_root
 from .models import MODELS, load_model
@@ -139,7 +140,10 @@ def task_fisher(
 
 
 def _fisher(loaded, qbase: QuantizedBase, task_name: str, seed: int) -> dict:
-    qbase.restore()  # the Fisher of the full-precision model
+    # The Fisher of the full-precision model, in fp32 as the quantizer's numerics (a bf16
+    # checkpoint is loaded in bf16).
+    precision.hold(loaded.model, torch.float32)
+    qbase.restore()
     return task_fisher(loaded.model, loaded.tokenizer, qbase.targets, task_name, seed)
 
 

@@ -146,6 +146,12 @@ class Method:
     default_budgets: tuple[float, ...] = ()
     # The method's options (a frozen dataclass whose fields all have defaults), or None.
     options_cls: type | None = None
+    # Its set-up (run at construction, before the engine sets the compute dtype) computes
+    # with the frozen base: forward passes or the weights as the model holds them (GPTQ,
+    # bitsandbytes). The base is then held in fp32 for it, as the quantizer's numerics are,
+    # whatever dtype the checkpoint was loaded in. Set-ups that only add trainable parts
+    # (LoRA factors are drawn in fp32) leave it as loaded.
+    setup_reads_base = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -190,6 +196,8 @@ class Method:
         self.train_configs = list(train_configs)
         # The dtype the frozen base is held and the passes run in (``hold_in``).
         self.compute_dtype = torch.float32
+        if self.setup_reads_base:
+            precision.hold(self.model, torch.float32)
         self.wrappers = self.setup()
 
     @classmethod

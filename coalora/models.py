@@ -77,7 +77,8 @@ class ModelSpec:
 
 @dataclass
 class LoadedModel:
-    """A model in fp32 and eval mode, with its tokenizer (right padding, real pad token)."""
+    """A model in eval mode (a causal LM in its checkpoint's dtype, a classifier in fp32),
+    with its tokenizer (right padding, real pad token)."""
 
     model: nn.Module
     tokenizer: object  # a transformers tokenizer
@@ -412,7 +413,7 @@ def _check_kind(kind: str, num_labels: int | None) -> None:
 
 
 def _finish(model: nn.Module, tokenizer, name: str, kind: str) -> LoadedModel:
-    """fp32, eval mode, right padding and a real pad token shared by model and tokenizer."""
+    """Eval mode, right padding and a real pad token shared by model and tokenizer."""
     if tokenizer.pad_token is None:
         pad_id = getattr(model.config, "pad_token_id", None)
         if isinstance(pad_id, int) and 0 <= pad_id < len(tokenizer):
@@ -424,7 +425,6 @@ def _finish(model: nn.Module, tokenizer, name: str, kind: str) -> LoadedModel:
     tokenizer.padding_side = "right"
     # Sequence classifiers of causal LMs find each row's last real token through pad_token_id.
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(torch.float32)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, kind=kind)
 
@@ -436,8 +436,11 @@ def _from_pretrained(
 
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if kind == "causal-lm":
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+        # In the dtype the checkpoint ships in (config.json's, else its weights'): a bf16
+        # checkpoint is never upcast at load; the compute dtype is set later (precision.hold).
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **kwargs)
     else:
+        # fp32: the new head is drawn here, and must be the same head at every compute dtype.
         # The new head is drawn from torch's RNG: seed it so the same seed gives the same head.
         with _seeded(seed):
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -468,7 +471,11 @@ def _load_hub(model_id: str, kind: str, num_labels: int | None, seed: int) -> Lo
 def load_model(
     name_or_path: str, kind: str = "causal-lm", num_labels: int | None = None, seed: int = 0
 ) -> LoadedModel:
-    """Load a base model in fp32 and eval mode.
+    """Load a base model in eval mode: a causal LM in the dtype its checkpoint ships in (a
+    bf16 checkpoint stays bf16: never upcast at load), a classifier in fp32 (its new head is
+    drawn at load). Whoever computes with the model sets its dtype first
+    (``coalora.precision.hold``: the engines hold it in the compute dtype, the Fisher pass
+    and the methods whose set-up reads the base (``Method.setup_reads_base``) in fp32).
 
     ``name_or_path``: a name from ``MODELS``, a local directory (``from_pretrained``) or a hub
     id. ``kind="classification"`` gives a sequence classifier whose new head is initialised from

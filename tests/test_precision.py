@@ -270,3 +270,76 @@ def test_on_cuda_auto_asks_the_gpu_not_the_cpu(monkeypatch, units):
     assert precision.resolve("auto", "cuda") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert precision.resolve("auto", "cuda") == torch.float32
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory):
+    """tiny-llama shipped as a bf16 checkpoint, and the same values shipped in fp32."""
+    loaded = load_model("tiny-llama")
+    dirs = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        out = tmp_path_factory.mktemp(f"tiny-llama-{name}")
+        loaded.model.to(torch.bfloat16).to(dtype).save_pretrained(out)
+        loaded.tokenizer.save_pretrained(out)
+        dirs[name] = out
+    return dirs
+
+
+def test_a_bf16_checkpoint_is_loaded_and_its_originals_held_in_bf16(bf16_checkpoint):
+    model = load_model(str(bf16_checkpoint["bf16"])).model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # never upcast at load
+    qbase = QuantizedBase(model)
+    assert {w.dtype for w in qbase.base_weights.values()} == {torch.bfloat16}
+    # a classifier's new head is drawn in fp32, whatever the checkpoint's dtype
+    classifier = load_model(str(bf16_checkpoint["bf16"]), kind="classification", num_labels=2)
+    assert {p.dtype for p in classifier.model.parameters()} == {torch.float32}
+
+
+def test_the_fisher_cost_table_of_a_bf16_checkpoint_is_computed_in_fp32(bf16_checkpoint):
+    from coalora.budgets import AllocationSpec, costs_for
+
+    spec = AllocationSpec(fisher_task="bible-lm", max_elements=4096)
+    tables = []
+    for name in ("bf16", "fp32"):
+        loaded = load_model(str(bf16_checkpoint[name]))
+        tables.append(costs_for(loaded, QuantizedBase(loaded.model), spec, cache=False))
+    assert torch.equal(tables[0], tables[1])
+
+
+@pytest.mark.parametrize("compute_dtype", DTYPES)
+@pytest.mark.parametrize("method", ["coalora", "qlora-bnb", "gptq-lora"])
+def test_a_bf16_checkpoint_trains_as_its_fp32_upcast_does(
+    bf16_checkpoint, method, compute_dtype, tmp_path
+):
+    """Loading a bf16 checkpoint in bf16 changes no number: the same losses and adapters as
+    from the same values shipped in fp32, in either compute dtype (GPTQ's and bitsandbytes'
+    set-ups read the base: ``setup_reads_base`` holds it in fp32 for them)."""
+    if method == "gptq-lora" and not gptq_lora.llmcompressor_available():
+        pytest.skip(f"llmcompressor not installed ({gptq_lora.INSTALL_HINT})")
+    import json
+
+    targets = QuantizedBase(load_model("tiny-llama").model).targets
+    mqc = _train_configs(method, targets)
+    qconfig = None
+    if mqc is not None:
+        qconfig = tmp_path / "nf3.json"
+        mqc.save(qconfig)
+    budgets = [2.5, 3.0] if method == "coalora" else None
+    settings = TrainSettings(
+        **SETTINGS,
+        compute_dtype=compute_dtype,
+        method_options={method: FAST_OPTIONS[method]} if method in FAST_OPTIONS else {},
+    )
+    runs = []
+    for name in ("bf16", "fp32"):
+        out = run_training(
+            model=str(bf16_checkpoint[name]), task="bible-lm", method=method,
+            settings=settings, out=tmp_path / name, qconfig=None if budgets else qconfig,
+            budgets=budgets, max_train=16, progress=False,
+        )  # fmt: skip
+        manifest = json.loads((out / "manifest.json").read_text())
+        runs.append((manifest["loss_first_last"], load_file(out / "weights.safetensors")))
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1].keys() == runs[1][1].keys()
+    for key, value in runs[0][1].items():
+        assert torch.equal(value, runs[1][1][key]), key
