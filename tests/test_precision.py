@@ -4,6 +4,7 @@ determinism and resume per dtype, and that the claims table names the dtypes it 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -141,9 +142,10 @@ def _train_configs(method: str, targets):
     return ModelQConfig.uniform(targets, NF3, name="nf3")
 
 
-@pytest.mark.parametrize("compute_dtype", DTYPES)
-@pytest.mark.parametrize("method", sorted(registered_methods()))
-def test_every_method_trains_in_either_dtype_and_records_it(method, compute_dtype, tmp_path):
+def _train_tiny(method: str, compute_dtype: str, model: str, tmp_path, name: str):
+    """``run_training`` of ``method`` on ``model`` (tiny-llama or a copy of it) for the fast
+    settings, into ``tmp_path / name``: CoA-LoRA on two budgets, the others on NF3 unless they
+    fix their own configurations. Skips GPTQ-LoRA where llmcompressor is missing."""
     if method == "gptq-lora" and not gptq_lora.llmcompressor_available():
         pytest.skip(f"llmcompressor not installed ({gptq_lora.INSTALL_HINT})")
     targets = QuantizedBase(load_model("tiny-llama").model).targets
@@ -158,12 +160,23 @@ def test_every_method_trains_in_either_dtype_and_records_it(method, compute_dtyp
         compute_dtype=compute_dtype,
         method_options={method: FAST_OPTIONS[method]} if method in FAST_OPTIONS else {},
     )
-    out = run_training(
-        model="tiny-llama", task="bible-lm", method=method, settings=settings,
-        out=tmp_path / "ckpt", qconfig=None if budgets else qconfig, budgets=budgets,
-        max_train=16, progress=False,
-    )  # fmt: skip
-    import json
+    return run_training(
+        model=model,
+        task="bible-lm",
+        method=method,
+        settings=settings,
+        out=tmp_path / name,
+        qconfig=None if budgets else qconfig,
+        budgets=budgets,
+        max_train=16,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("compute_dtype", DTYPES)
+@pytest.mark.parametrize("method", sorted(registered_methods()))
+def test_every_method_trains_in_either_dtype_and_records_it(method, compute_dtype, tmp_path):
+    out = _train_tiny(method, compute_dtype, "tiny-llama", tmp_path, "ckpt")
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["compute_dtype"] == precision.COMPUTE_DTYPES[compute_dtype]
@@ -314,29 +327,10 @@ def test_a_bf16_checkpoint_trains_as_its_fp32_upcast_does(
     """Loading a bf16 checkpoint in bf16 changes no number: the same losses and adapters as
     from the same values shipped in fp32, in either compute dtype (GPTQ's and bitsandbytes'
     set-ups read the base: ``setup_reads_base`` holds it in fp32 for them)."""
-    if method == "gptq-lora" and not gptq_lora.llmcompressor_available():
-        pytest.skip(f"llmcompressor not installed ({gptq_lora.INSTALL_HINT})")
-    import json
 
-    targets = QuantizedBase(load_model("tiny-llama").model).targets
-    mqc = _train_configs(method, targets)
-    qconfig = None
-    if mqc is not None:
-        qconfig = tmp_path / "nf3.json"
-        mqc.save(qconfig)
-    budgets = [2.5, 3.0] if method == "coalora" else None
-    settings = TrainSettings(
-        **SETTINGS,
-        compute_dtype=compute_dtype,
-        method_options={method: FAST_OPTIONS[method]} if method in FAST_OPTIONS else {},
-    )
     runs = []
     for name in ("bf16", "fp32"):
-        out = run_training(
-            model=str(bf16_checkpoint[name]), task="bible-lm", method=method,
-            settings=settings, out=tmp_path / name, qconfig=None if budgets else qconfig,
-            budgets=budgets, max_train=16, progress=False,
-        )  # fmt: skip
+        out = _train_tiny(method, compute_dtype, str(bf16_checkpoint[name]), tmp_path, name)
         manifest = json.loads((out / "manifest.json").read_text())
         runs.append((manifest["loss_first_last"], load_file(out / "weights.safetensors")))
     assert runs[0][0] == runs[1][0]
