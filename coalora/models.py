@@ -440,8 +440,8 @@ def _from_pretrained(
         # checkpoint is never upcast at load; the compute dtype is set later (precision.hold).
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **kwargs)
     else:
-        # fp32: the new head is drawn here, and must be the same head at every compute dtype.
-        # The new head is drawn from torch's RNG: seed it so the same seed gives the same head.
+        # fp32, seeded: the new head is drawn here from torch's RNG, and must be the same head
+        # for the same seed at every compute dtype.
         with _seeded(seed):
             model = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=num_labels, dtype=torch.float32, **kwargs

@@ -327,7 +327,6 @@ def test_a_bf16_checkpoint_trains_as_its_fp32_upcast_does(
     """Loading a bf16 checkpoint in bf16 changes no number: the same losses and adapters as
     from the same values shipped in fp32, in either compute dtype (GPTQ's and bitsandbytes'
     set-ups read the base: ``setup_reads_base`` holds it in fp32 for them)."""
-
     runs = []
     for name in ("bf16", "fp32"):
         out = _train_tiny(method, compute_dtype, str(bf16_checkpoint[name]), tmp_path, name)
