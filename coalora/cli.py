@@ -137,6 +137,12 @@ def _cmd_compare(args) -> int:
     return compare_from_cli(args)
 
 
+def _cmd_plan(args) -> None:
+    from .seedplan import plan_from_cli
+
+    plan_from_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coalora", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -266,6 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="Markdown report to write (also printed)")
     p.add_argument("--gaps", help="CSV to write: per experiment and method, the metric gap B - A")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "plan", help="seeds per experiment that decide the most claims within a time budget"
+    )
+    p.add_argument("results", help="a finished results directory (records and benchmarks/)")
+    p.add_argument("--cores", type=int, default=2, help="cores the planned run will have")
+    p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget")
+    p.add_argument("--wall", type=float, help="the run's measured wall seconds (fill factor)")
+    p.add_argument("--max-seeds", type=int, default=16)
+    p.add_argument("--target", type=int, default=4, help="claims to decide (ranks by P(>=)")
+    p.add_argument("--top", type=int, default=5, help="allocations to show")
+    p.add_argument("--drop", action="store_true", help="allow an experiment 0 seeds (left out)")
+    p.set_defaults(func=_cmd_plan)
     return parser
 
 

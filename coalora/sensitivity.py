@@ -144,13 +144,14 @@ def diagnose(evidence, unit: str, min_effect, ceiling_label: str, replicates: in
 
 SENSITIVITY_COLUMNS = [
     *report.GROUP_KEYS, "status", "reference", "best_bits", "worst_bits", "best_metric",
-    "worst_metric", "spread", "low", "high", "unit", "min_effect", "noise", "ceiling",
-    "ceiling_low", "ceiling_high",
+    "worst_metric", "spread", "low", "high", "unit", "min_effect", "noise", "n_seeds",
+    "se_seed", "se_test", "ceiling", "ceiling_low", "ceiling_high",
 ]  # fmt: skip
 
 
 def sensitivity_frame(diagnostics: list[Sensitivity]) -> pd.DataFrame:
-    """One row per group: the diagnostic's numbers (NaN where there are none)."""
+    """One row per group: the diagnostic's numbers (NaN where there are none), with its
+    noise components (the seed planner's, ``coalora.seedplan``)."""
     rows = []
     for d in diagnostics:
         s, c = d.spread, d.ceiling
@@ -161,7 +162,9 @@ def sensitivity_frame(diagnostics: list[Sensitivity]) -> pd.DataFrame:
                 "best_metric": d.best_metric, "worst_metric": d.worst_metric,
                 "spread": s.effect if s else np.nan, "low": s.low if s else np.nan,
                 "high": s.high if s else np.nan, "unit": d.unit, "min_effect": d.min_effect,
-                "noise": s.noise if s else "", "ceiling": c.effect if c else np.nan,
+                "noise": s.noise if s else "", "n_seeds": s.n_seeds if s else 0,
+                "se_seed": s.se_seed if s else np.nan, "se_test": s.se_test if s else np.nan,
+                "ceiling": c.effect if c else np.nan,
                 "ceiling_low": c.low if c else np.nan, "ceiling_high": c.high if c else np.nan,
             }
         )  # fmt: skip

@@ -1,0 +1,436 @@
+"""How many seeds per experiment decide the most claims within a time budget (`coalora plan`).
+
+``coalora.power`` plans one test at a time. A default is planned as a whole: every experiment
+gets a number of seeds, their jobs share one machine's cores for a fixed wall time, and a claim
+is decided when any of its tests is contradicted or all of them hold (``claims.overall_verdict``).
+From a finished run (its records and Snakemake's ``benchmark:`` files) this module predicts, for
+every allocation of seeds to the run's experiments, the wall time and each claim's probability
+of a decided verdict, and keeps the allocations that fit the budget.
+
+The model, and what it leaves out:
+
+- **Cost.** An experiment's job-seconds are its fixed jobs (data, cost tables, allocation,
+  figures, the unadapted evaluation) plus its first seed's jobs plus one later seed's (the mean
+  of the measured later seeds: the first may carry extra work, e.g. lm-eval at seed 0) for every
+  further seed. The wall time is all jobs' seconds over the cores, times the run's own fill
+  factor (its measured wall against that floor; 1 without ``--wall``: a floor, not a forecast).
+- **Power.** Each test row that carries its claim's verdict (``decides``) is decided at S seeds
+  with ``power.power`` at the run's own effect and noise components, at the measured test size.
+  A test of configuration-awareness in a group that may turn out flat also needs the group's
+  sensitivity diagnostic to pass (its interval above 0 and reaching the minimum effect), planned
+  the same way from the diagnostic's own interval.
+- **Claims.** Each interval is replayed by simulation at the planned seeds (``Measurement``:
+  the estimate drawn around the run's effect, the seed variance re-estimated from that many
+  seeds, the interval built as ``coalora.stats`` builds it), and every reading of it decided
+  as ``claims.verdict`` decides it; a claim is decided in a simulated run when one of its tests
+  is contradicted or all hold. Readings of one interval share its draws (C7.2 and C8.2 under
+  INT are one comparison); distinct intervals are drawn independently, although in truth they
+  share seeds and records: the chance of at least ``k`` decided claims is approximate. Each
+  test's simulated chance agrees with ``power.power`` (``tests/test_seedplan.py``).
+- **Effects.** A plan at the run's own effects says what more seeds of *this* experiment would
+  decide if the effects are what this run measured; a run with few seeds estimates them
+  loosely, so a plan is a forecast to write down before the next run, not a result.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import power
+from .report import GROUP_KEYS
+from .stats import quantile
+
+SEED_FOLDER = re.compile(r"s(\d+)")
+# The method label of the unadapted evaluation: evaluated once per experiment (a fixed cost).
+UNADAPTED = "none"
+NOT_GATED = "not gated"
+
+
+# --------------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class ExperimentCost:
+    """One experiment's measured job-seconds, split into what scales with its seeds."""
+
+    name: str
+    fixed: float  # jobs that run once (whatever the seeds)
+    first_seed: float  # the first seed's jobs
+    later_seed: float  # one later seed's jobs (mean of the measured later seeds)
+    measured_seeds: int
+
+    def seconds(self, seeds: int) -> float:
+        """Job-seconds of the experiment at ``seeds`` seeds (0: not run)."""
+        if seeds <= 0:
+            return 0.0
+        return self.fixed + self.first_seed + (seeds - 1) * self.later_seed
+
+
+def _job_seconds(tsv: Path) -> float:
+    with tsv.open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if not rows or "s" not in rows[0]:
+        raise ValueError(f"{tsv} is not a Snakemake benchmark file (no 's' column)")
+    try:
+        return float(rows[0]["s"])
+    except ValueError:
+        raise ValueError(f"{tsv}: its 's' is not a number: {rows[0]['s']!r}") from None
+
+
+def experiment_costs(results: Path) -> tuple[dict[str, ExperimentCost], float]:
+    """Per experiment (a folder under ``results/benchmarks``), its cost; and the seconds of the
+    report jobs of all experiments together (the files directly in ``benchmarks/``)."""
+    root = Path(results) / "benchmarks"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{results}: no benchmarks/ folder (Snakemake's job timings)")
+    reports = 0.0
+    fixed: dict[str, float] = {}
+    per_seed: dict[str, dict[int, float]] = {}
+    for tsv in sorted(root.rglob("*.tsv")):
+        parts = tsv.relative_to(root).parts
+        seconds = _job_seconds(tsv)
+        if len(parts) == 1:
+            reports += seconds
+            continue
+        name = parts[0]
+        fixed.setdefault(name, 0.0)
+        per_seed.setdefault(name, {})
+        seed = SEED_FOLDER.fullmatch(parts[2]) if len(parts) > 3 else None
+        if seed is None or parts[1] == UNADAPTED:
+            fixed[name] += seconds
+        else:
+            s = int(seed.group(1))
+            per_seed[name][s] = per_seed[name].get(s, 0.0) + seconds
+    costs = {}
+    for name in fixed:
+        seeds = per_seed[name]
+        if not seeds:
+            raise ValueError(f"{root / name}: no job of any seed (nothing to scale a plan by)")
+        order = sorted(seeds)
+        later = [seeds[s] for s in order[1:]]
+        first = seeds[order[0]]
+        costs[name] = ExperimentCost(
+            name, fixed[name], first, float(np.mean(later)) if later else first, len(order)
+        )
+    return costs, reports
+
+
+# ---------------------------------------------------------------------- probabilities
+
+DRAWS = 4000  # simulated replications of a run per allocation
+
+
+def _on_scale(value: float, statistic: str) -> float:
+    """A claims-table number on its interval's scale (time ratios are combined as logs)."""
+    return math.log(value) if statistic == "time_ratio" else value
+
+
+def test_power(row, seeds: int) -> float:
+    """The probability that a claims-table row is decided at ``seeds`` seeds (its measured test
+    size, its own effect and noise): ``power.power``, against which the simulation is checked."""
+    statistic = row["statistic"]
+    components = power.Components.from_row(row)
+    p = power.power(
+        components, _on_scale(float(row["effect"]), statistic), row["relation"],
+        _on_scale(float(row["threshold"]), statistic), seeds, max(components.n_test, 1),
+    )  # fmt: skip
+    return float(np.clip(p, 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One interval of the run (a comparison's, or a sensitivity diagnostic's) as the planner
+    replays it: its effect on the interval's scale and its two noise components."""
+
+    effect: float
+    var_seed: float  # variance of one seed's effect
+    var_test: float  # test-sample variance per example
+    n_test: int
+
+    def draw(self, seeds: int, rng: np.random.Generator, draws: int = DRAWS):
+        """``draws`` simulated (low, high) of this interval at ``seeds`` seeds, built as
+        ``coalora.stats`` builds it: the seed part's variance estimated from the seeds (a
+        scaled chi-square), the test part taken as known."""
+        n = max(self.n_test, 1)
+        se_seed2 = self.var_seed / seeds
+        se_test2 = self.var_test / n if self.n_test else 0.0
+        z_seed, z_test = rng.standard_normal((2, draws))
+        estimate = self.effect + z_seed * math.sqrt(se_seed2) + z_test * math.sqrt(se_test2)
+        estimated_seed2 = se_seed2 * rng.chisquare(seeds - 1, draws) / (seeds - 1)
+        t, _ = quantile(estimated_seed2, np.full(draws, se_test2), seeds)
+        half = t * np.sqrt(estimated_seed2 + se_test2)
+        return estimate - half, estimate + half
+
+
+def decisions(low, high, relation: str, threshold: float):
+    """Per simulated interval: (holds, contradicted), as ``claims.verdict`` decides them."""
+    if relation == "greater":
+        return low > threshold, high < threshold
+    if relation == "less":
+        return high < threshold, low > threshold
+    if relation == "within":
+        return (-threshold < low) & (high < threshold), (high < -threshold) | (low > threshold)
+    raise ValueError(f"unknown relation {relation!r}")
+
+
+# --------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """An allocation of seeds, its predicted wall time and each claim's simulated chance of a
+    decided verdict (and the number of claims decided in each simulated run)."""
+
+    seeds: dict[str, int]  # experiment -> seeds (0: not run)
+    wall_seconds: float
+    chances: dict[str, float]  # claim -> P(decided)
+    decided_counts: np.ndarray  # per simulated run: claims decided
+
+    @property
+    def expected(self) -> float:
+        return float(self.decided_counts.mean())
+
+    def at_least(self, k: int) -> float:
+        return float((self.decided_counts >= k).mean())
+
+
+class SeedPlanner:
+    """One run's claims table and sensitivity diagnostics, its experiments' costs and the
+    machine's fill factor: predicts any allocation of seeds (``allocation``) and searches them
+    (``best``).
+
+    Each distinct interval (a group's comparison and statistic; a group's diagnostic) is
+    replayed by simulation at the allocation's seeds; the readings of one interval share its
+    draws (C7.2 and C8.2 under INT are one comparison), distinct intervals are drawn
+    independently (they share seeds and records in truth: an approximation)."""
+
+    def __init__(
+        self, table: pd.DataFrame, gates: pd.DataFrame, groups: dict[str, tuple],
+        costs: dict[str, ExperimentCost], reports: float, claims: list[str],
+        cores: int, fill: float = 1.0, draws: int = DRAWS, seed: int = 0,
+    ):  # fmt: skip
+        missing = sorted(set(groups) - set(costs))
+        if missing:
+            raise ValueError(f"no job timings for experiment(s) {', '.join(missing)}")
+        self.table = table[table["decides"].astype(bool)].reset_index(drop=True)
+        self.gates = {tuple(r[k] for k in GROUP_KEYS): r for _, r in gates.iterrows()}
+        self.groups, self.costs, self.reports = groups, costs, reports
+        self.claims, self.cores, self.fill = claims, cores, fill
+        self.draws, self.seed = draws, seed
+        self.experiment_of = {key: name for name, key in groups.items()}
+        self._memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def experiments(self) -> list[str]:
+        return sorted(self.groups)
+
+    def wall_seconds(self, seeds: dict[str, int]) -> float:
+        jobs = sum(self.costs[name].seconds(s) for name, s in seeds.items())
+        return (jobs + (self.reports if jobs else 0.0)) / self.cores * self.fill
+
+    def _drawn(self, key: tuple, measurement: Measurement, seeds: int):
+        """The simulated (low, high) of one interval at ``seeds`` seeds (the same random
+        numbers for an interval at every allocation: allocations differ by seeds, not luck)."""
+        memo = (key, measurement, seeds)
+        if memo not in self._memo:
+            entropy = [self.seed, seeds, *map(ord, repr(key))]
+            rng = np.random.default_rng(entropy)
+            self._memo[memo] = measurement.draw(seeds, rng, self.draws)
+        return self._memo[memo]
+
+    def _gate_passes(self, group: tuple, seeds: int) -> np.ndarray:
+        """Per simulated run: the group's sensitivity diagnostic passes (its interval above 0
+        and reaching the minimum effect; no diagnostic: nothing is gated out)."""
+        gate = self.gates.get(group)
+        if gate is None or not math.isfinite(float(gate["spread"])):
+            return np.ones(self.draws, bool)
+        n = int(gate["n_test"])
+        measurement = Measurement(
+            float(gate["spread"]), float(gate["se_seed"]) ** 2 * int(gate["n_seeds"]),
+            float(gate["se_test"]) ** 2 * n if n else 0.0, n,
+        )  # fmt: skip
+        low, high = self._drawn(("gate", *group), measurement, seeds)
+        return (low > 0) & (high >= float(gate["min_effect"]))
+
+    def _row_decisions(self, row, seeds: int):
+        statistic = row["statistic"]
+        group = tuple(row[k] for k in GROUP_KEYS)
+        n_test = int(row["n_test"])
+        measurement = Measurement(
+            _on_scale(float(row["effect"]), statistic),
+            float(row["se_seed"]) ** 2 * int(row["n_seeds"]),
+            float(row["se_test"]) ** 2 * n_test if n_test else 0.0, n_test,
+        )  # fmt: skip
+        low, high = self._drawn((*group, row["comparison"], statistic), measurement, seeds)
+        holds, contradicted = decisions(
+            low, high, row["relation"], _on_scale(float(row["threshold"]), statistic)
+        )
+        if str(row.get("sensitivity", NOT_GATED)) != NOT_GATED:
+            passes = self._gate_passes(group, seeds)
+            holds, contradicted = holds & passes, contradicted & passes
+        return holds, contradicted
+
+    def allocation(self, seeds: dict[str, int]) -> Allocation:
+        holds = {c: np.ones(self.draws, bool) for c in self.claims}
+        contradicted = {c: np.zeros(self.draws, bool) for c in self.claims}
+        tested = set()
+        for _, row in self.table.iterrows():
+            name = self.experiment_of.get(tuple(row[k] for k in GROUP_KEYS))
+            s = seeds.get(name, 0) if name else 0
+            if s < 2:  # not run, or one seed: decides nothing
+                continue
+            h, c = self._row_decisions(row, s)
+            claim = row["claim"]
+            tested.add(claim)
+            holds[claim] = holds[claim] & h
+            contradicted[claim] = contradicted[claim] | c
+        decided = {
+            c: (contradicted[c] | holds[c]) if c in tested else np.zeros(self.draws, bool)
+            for c in self.claims
+        }  # fmt: skip
+        counts = np.sum(list(decided.values()), axis=0)
+        chances = {c: float(d.mean()) for c, d in decided.items()}
+        return Allocation(dict(seeds), self.wall_seconds(seeds), chances, counts)
+
+    def best(self, budget_seconds: float, max_seeds: int, drop: bool = False, top: int = 5,
+             target: int = 4) -> list[Allocation]:  # fmt: skip
+        """The ``top`` allocations within the budget, by the chance of at least ``target``
+        decided claims (then the expected number, then the shorter wall time); every
+        experiment keeps at least 2 seeds unless ``drop``."""
+        choices = ([0] if drop else []) + list(range(2, max_seeds + 1))
+        fits = []
+        for combo in itertools.product(choices, repeat=len(self.experiments)):
+            seeds = dict(zip(self.experiments, combo, strict=True))
+            if not any(combo) or self.wall_seconds(seeds) > budget_seconds:
+                continue
+            fits.append(self.allocation(seeds))
+        fits.sort(key=lambda a: (-a.at_least(target), -a.expected, a.wall_seconds))
+        return fits[:top]
+
+
+# ------------------------------------------------------------------------- from a run
+
+
+def run_groups(results: Path, records: pd.DataFrame) -> dict[str, tuple]:
+    """Experiment (the records' folder under ``results``) -> its (model, task, quantizer)
+    group; the quantizer of its quantized records (a full-precision reference says none)."""
+    root = Path(results).resolve()
+    names = records["path"].map(lambda p: Path(p).resolve().relative_to(root).parts[0])
+    groups = {}
+    for name, rows in records.assign(_experiment=names).groupby("_experiment"):
+        quantized = rows[rows["quantizer"] != "none"]
+        if quantized.empty:
+            continue
+        keys = quantized[GROUP_KEYS].drop_duplicates()
+        if len(keys) > 1:
+            raise ValueError(f"experiment {name} holds records of more than one group")
+        groups[str(name)] = tuple(keys.iloc[0])
+    return groups
+
+
+def gate_table(table: pd.DataFrame, diagnostics) -> pd.DataFrame:
+    """The sensitivity diagnostics with what planning them needs: their noise components and
+    the test size of their group's records."""
+    from .sensitivity import sensitivity_frame
+
+    gates = sensitivity_frame(diagnostics)
+    sizes = table.groupby(GROUP_KEYS)["n_test"].max()
+    gates["n_test"] = [
+        int(sizes.get(tuple(r[k] for k in GROUP_KEYS), 0)) for _, r in gates.iterrows()
+    ]
+    return gates
+
+
+def planner_from_run(results, cores: int, wall: float | None = None, replicates: int = 1000):
+    """A ``SeedPlanner`` for a finished results directory: its records' claims (computed
+    again, as ``coalora report claims`` does), their groups' sensitivity and its benchmarks;
+    ``wall`` (the run's measured seconds) sets the fill factor."""
+    from . import claims
+    from .compare import RECORD_GLOB
+    from .compare import SEED_FOLDER as RECORD_SEED
+    from .evaluate.results import read_results
+
+    root = Path(results)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a results directory")
+    paths = [
+        p for p in sorted(root.glob(RECORD_GLOB))
+        if RECORD_SEED.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
+    ]  # fmt: skip
+    if not paths:
+        raise FileNotFoundError(f"{root}: no evaluation records ({RECORD_GLOB})")
+    records = read_results(paths)
+    book = claims.load_claims()
+    table, diagnostics = claims.evaluate_claims(records, book, replicates=replicates)
+    costs, reports = experiment_costs(root)
+    groups = run_groups(root, records)
+    measured = {name: cost.measured_seeds for name, cost in costs.items() if name in groups}
+    fill = 1.0
+    if wall is not None:
+        jobs = sum(c.seconds(c.measured_seeds) for c in costs.values()) + reports
+        fill = wall / (jobs / cores)
+    planner = SeedPlanner(
+        table, gate_table(table, diagnostics), groups, costs, reports,
+        [c.id for c in book.claims], cores, fill,
+    )  # fmt: skip
+    return planner, measured
+
+
+# --------------------------------------------------------------------------------- text
+
+
+def allocation_line(a: Allocation, experiments: list[str], target: int) -> str:
+    seeds = " ".join(f"{a.seeds.get(name, 0):>{max(len(name), 5)}}" for name in experiments)
+    claims = ", ".join(f"{c} {p:.2f}" for c, p in a.chances.items() if p >= 0.01) or "none"
+    return (
+        f"{seeds} {a.wall_seconds / 60:8.1f} {a.expected:9.2f} {a.at_least(target):8.2f}   {claims}"
+    )
+
+
+def plan_text(planner: SeedPlanner, measured: dict[str, int], budget_minutes: float,
+              max_seeds: int, drop: bool, top: int, target: int) -> str:  # fmt: skip
+    """The report of ``coalora plan``: the measured allocation replayed, then the best
+    allocations within the budget."""
+    names = planner.experiments
+    head = " ".join(f"{n:>{max(len(n), 5)}}" for n in names)
+    header = f"{head} {'wall min':>8} {'E[claims]':>9} {f'P(>={target})':>8}   P(decided) per claim"
+    fill = (
+        f"fill {planner.fill:.3f} (the run's wall against its jobs' seconds / cores)"
+        if planner.fill != 1.0 else "fill 1 (no --wall: the wall time is a floor, not a forecast)"
+    )  # fmt: skip
+    lines = [
+        f"seeds per experiment on {planner.cores} core(s), {fill}; each claim's chance of a "
+        f"decided verdict at the run's own effects ({planner.draws} simulated runs; see "
+        "coalora/seedplan.py for what the model leaves out)",
+        "",
+        "as measured:",
+        header,
+        allocation_line(planner.allocation(measured), names, target),
+        "",
+    ]
+    best = planner.best(budget_minutes * 60, max_seeds, drop=drop, top=top, target=target)
+    keep = "" if drop else ", every experiment kept with >= 2 seeds"
+    lines.append(f"best within {budget_minutes:g} min (seeds 2..{max_seeds}{keep}):")
+    if not best:
+        lines.append("  none fits: the smallest allocation is over the budget")
+    else:
+        lines += [header] + [allocation_line(a, names, target) for a in best]
+    return "\n".join(lines)
+
+
+def plan_from_cli(args) -> None:
+    if args.cores < 1 or args.minutes <= 0 or args.max_seeds < 2 or args.target < 1:
+        raise ValueError("--cores, --minutes and --target must be positive, --max-seeds >= 2")
+    if args.wall is not None and args.wall <= 0:
+        raise ValueError(f"--wall must be positive seconds, got {args.wall}")
+    planner, measured = planner_from_run(args.results, args.cores, args.wall)
+    print(plan_text(planner, measured, args.minutes, args.max_seeds, args.drop, args.top,
+                    args.target))  # fmt: skip
