@@ -322,8 +322,8 @@ class SeedPlanner:
 def run_groups(results: Path, records: pd.DataFrame) -> dict[str, tuple]:
     """Experiment (the records' folder under ``results``) -> its (model, task, quantizer)
     group; the quantizer of its quantized records (a full-precision reference says none)."""
-    root = Path(results).resolve()
-    names = records["path"].map(lambda p: Path(p).resolve().relative_to(root).parts[0])
+    root = Path(results)
+    names = records["path"].map(lambda p: Path(p).relative_to(root).parts[0])
     groups = {}
     for name, rows in records.assign(_experiment=names).groupby("_experiment"):
         quantized = rows[rows["quantizer"] != "none"]

@@ -45,24 +45,24 @@ def test_default_preset_dry_run(tmp_path):
     counts = job_counts(proc.stdout)
     # MiniLM (NF) at M seeds: CoA-LoRA and Shared-LoRA train once per seed, QLoRA and LQ-LoRA
     # once per evaluation budget (3) and seed, evaluated in their training jobs, and the
-    # full-precision LoRA reference once per seed; SmolLM2 under INT at S seeds: CoA-LoRA
-    # once, QLoRA once per budget (2).
+    # full-precision LoRA reference once per seed; SmolLM2 (NF) at S seeds: CoA-LoRA and
+    # Shared-LoRA once, QLoRA once per budget (2).
     default = yaml.safe_load(Path(preset("config.yaml")).read_text())
     experiments = default["experiments"]
-    assert sorted(experiments) == ["minilm-testament", "smollm2-bible-int"]
+    assert sorted(experiments) == ["minilm-testament", "smollm2-bible"]
     m = len(experiments["minilm-testament"].get("seeds", default["seeds"]))
     s = len(default["seeds"])
     assert m >= 2 and s >= 3
     assert counts["prepare"] == 2 and counts["cost_table"] == 2
     assert counts["cost_table_lowrank"] == 1  # LQ-LoRA's own allocation
-    assert counts["train"] == 2 * m + s
+    assert counts["train"] == 2 * m + 2 * s
     assert counts["train_per_config"] == 2 * 3 * m + 2 * s and "evaluate" not in counts
     assert counts["train_own_config"] == m
     assert counts["evaluate_minilm-testament"] == 2 * m
     # The unadapted base (a reference row, in no claim) is evaluated at the first seed only.
     assert counts["evaluate_base_minilm-testament"] == 1
-    assert counts["evaluate_smollm2-bible-int"] == s
-    assert counts["evaluate_base_smollm2-bible-int"] == 1
+    assert counts["evaluate_smollm2-bible"] == 2 * s
+    assert counts["evaluate_base_smollm2-bible"] == 1
     # Every table, the claims and every figure.
     assert counts["table1"] == 1 and counts["tables"] == 1 and counts["claims"] == 1
     assert counts["pareto_figure"] == 2 and counts["seen_unseen_figure"] == 2
@@ -88,10 +88,10 @@ def test_default_preset_dry_run(tmp_path):
     evaluations = [line for line in proc.stdout.splitlines() if "coalora.cli " in line]
     with_lm_eval = [line for line in evaluations if "--lm-eval-tasks bible_cloze" in line]
     assert with_lm_eval and all(
-        re.search(r"results/smollm2-bible-int/[a-z-]+/s0/", line) for line in with_lm_eval
+        re.search(r"results/smollm2-bible/[a-z-]+/s0/", line) for line in with_lm_eval
     )
-    # SmolLM2 at seed 0: CoA-LoRA, the base, QLoRA's 2 per-configuration runs
-    assert len(with_lm_eval) == 4
+    # SmolLM2 at seed 0: CoA-LoRA, Shared-LoRA, the base, QLoRA's 2 per-configuration runs
+    assert len(with_lm_eval) == 5
 
 
 def test_the_compute_dtype_reaches_every_training_and_evaluation_command(tmp_path):
