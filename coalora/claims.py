@@ -334,8 +334,8 @@ def _sensitivity_text(claim, test, context, raw_verdict) -> str:
 def _to_decide(test, interval, statistic, threshold, paper, components, book) -> dict:
     """The plans at the paper's effect and at ours (``coalora.power``), as text and numbers."""
 
-    def scale(x):  # the interval's own scale: time ratios are combined as logs
-        return math.log(x) if statistic == "time_ratio" else x
+    def scale(x):
+        return power.on_interval_scale(x, statistic)
 
     targets = {"ours": scale(interval.effect)}
     if paper:

@@ -46,6 +46,12 @@ EXAMPLE_GRID = 160  # test sizes tried, log-spaced between MIN_EXAMPLES and the 
 SECONDS = ("train_seconds", "setup_seconds", "eval_seconds")
 
 
+def on_interval_scale(value: float, statistic: str) -> float:
+    """An effect or threshold of a claims test on its interval's scale: time ratios are
+    combined as logs (``stats.log_ratio_interval``), every other statistic as it is."""
+    return math.log(value) if statistic == "time_ratio" else value
+
+
 @dataclass(frozen=True)
 class Components:
     """One comparison's noise and cost, as measured (``Components.of`` from an interval)."""

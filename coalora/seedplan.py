@@ -37,18 +37,19 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import power
+from . import claims, power
+from .compare import RECORD_GLOB, SEED_FOLDER
+from .evaluate.results import read_results
 from .report import GROUP_KEYS
+from .sensitivity import sensitivity_frame
 from .stats import quantile
 
-SEED_FOLDER = re.compile(r"s(\d+)")
 # The method label of the unadapted evaluation: evaluated once per experiment (a fixed cost).
 UNADAPTED = "none"
 NOT_GATED = "not gated"
@@ -103,11 +104,11 @@ def experiment_costs(results: Path) -> tuple[dict[str, ExperimentCost], float]:
         name = parts[0]
         fixed.setdefault(name, 0.0)
         per_seed.setdefault(name, {})
-        seed = SEED_FOLDER.fullmatch(parts[2]) if len(parts) > 3 else None
-        if seed is None or parts[1] == UNADAPTED:
+        seeded = len(parts) > 3 and SEED_FOLDER.fullmatch(parts[2])
+        if not seeded or parts[1] == UNADAPTED:
             fixed[name] += seconds
         else:
-            s = int(seed.group(1))
+            s = int(parts[2][1:])
             per_seed[name][s] = per_seed[name].get(s, 0.0) + seconds
     costs = {}
     for name in fixed:
@@ -128,20 +129,16 @@ def experiment_costs(results: Path) -> tuple[dict[str, ExperimentCost], float]:
 DRAWS = 4000  # simulated replications of a run per allocation
 
 
-def _on_scale(value: float, statistic: str) -> float:
-    """A claims-table number on its interval's scale (time ratios are combined as logs)."""
-    return math.log(value) if statistic == "time_ratio" else value
-
-
-def test_power(row, seeds: int) -> float:
+def row_power(row, seeds: int) -> float:
     """The probability that a claims-table row is decided at ``seeds`` seeds (its measured test
     size, its own effect and noise): ``power.power``, against which the simulation is checked."""
-    statistic = row["statistic"]
+    effect, threshold = (
+        power.on_interval_scale(float(row[name]), row["statistic"])
+        for name in ("effect", "threshold")
+    )
     components = power.Components.from_row(row)
-    p = power.power(
-        components, _on_scale(float(row["effect"]), statistic), row["relation"],
-        _on_scale(float(row["threshold"]), statistic), seeds, max(components.n_test, 1),
-    )  # fmt: skip
+    n = max(components.n_test, 1)
+    p = power.power(components, effect, row["relation"], threshold, seeds, n)
     return float(np.clip(p, 0.0, 1.0))
 
 
@@ -265,13 +262,13 @@ class SeedPlanner:
         group = tuple(row[k] for k in GROUP_KEYS)
         n_test = int(row["n_test"])
         measurement = Measurement(
-            _on_scale(float(row["effect"]), statistic),
+            power.on_interval_scale(float(row["effect"]), statistic),
             float(row["se_seed"]) ** 2 * int(row["n_seeds"]),
             float(row["se_test"]) ** 2 * n_test if n_test else 0.0, n_test,
         )  # fmt: skip
         low, high = self._drawn((*group, row["comparison"], statistic), measurement, seeds)
         holds, contradicted = decisions(
-            low, high, row["relation"], _on_scale(float(row["threshold"]), statistic)
+            low, high, row["relation"], power.on_interval_scale(float(row["threshold"]), statistic)
         )
         if str(row.get("sensitivity", NOT_GATED)) != NOT_GATED:
             passes = self._gate_passes(group, seeds)
@@ -339,8 +336,6 @@ def run_groups(results: Path, records: pd.DataFrame) -> dict[str, tuple]:
 def gate_table(table: pd.DataFrame, diagnostics) -> pd.DataFrame:
     """The sensitivity diagnostics with what planning them needs: their noise components and
     the test size of their group's records."""
-    from .sensitivity import sensitivity_frame
-
     gates = sensitivity_frame(diagnostics)
     sizes = table.groupby(GROUP_KEYS)["n_test"].max()
     gates["n_test"] = [
@@ -353,17 +348,12 @@ def planner_from_run(results, cores: int, wall: float | None = None, replicates:
     """A ``SeedPlanner`` for a finished results directory: its records' claims (computed
     again, as ``coalora report claims`` does), their groups' sensitivity and its benchmarks;
     ``wall`` (the run's measured seconds) sets the fill factor."""
-    from . import claims
-    from .compare import RECORD_GLOB
-    from .compare import SEED_FOLDER as RECORD_SEED
-    from .evaluate.results import read_results
-
     root = Path(results)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a results directory")
     paths = [
         p for p in sorted(root.glob(RECORD_GLOB))
-        if RECORD_SEED.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
+        if SEED_FOLDER.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
     ]  # fmt: skip
     if not paths:
         raise FileNotFoundError(f"{root}: no evaluation records ({RECORD_GLOB})")

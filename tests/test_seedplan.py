@@ -41,8 +41,8 @@ def _planner(rows, gates=(), costs=None, **kw):
         "b": seedplan.ExperimentCost("b", 10.0, 20.0, 10.0, 4),
     }
     groups = {"a": tuple(GROUP_A.values()), "b": tuple(GROUP_B.values())}
-    gate_frame = pd.DataFrame(list(gates), columns=[*GROUP_A, "spread", "se_seed", "se_test",
-                                                     "n_seeds", "n_test", "min_effect"])  # fmt: skip
+    columns = [*GROUP_A, "spread", "se_seed", "se_test", "n_seeds", "n_test", "min_effect"]
+    gate_frame = pd.DataFrame(list(gates), columns=columns)
     return seedplan.SeedPlanner(
         pd.DataFrame(rows), gate_frame, groups, costs, 0.0, ["C1", "C2", "C3"], cores=1, **kw
     )
@@ -103,7 +103,7 @@ def test_simulated_verdicts_agree_with_the_analytic_power(
                statistic=statistic, se_test=se_test, n_test=n_test)  # fmt: skip
     planner = _planner([row], draws=20000)
     simulated = planner.allocation({"a": seeds, "b": 0}).chances["C1"]
-    analytic = seedplan.test_power(pd.Series(row), seeds)
+    analytic = seedplan.row_power(pd.Series(row), seeds)
     assert 0.05 < analytic < 0.995  # a case where the two could disagree
     assert simulated == pytest.approx(analytic, abs=0.03)
 
@@ -124,7 +124,7 @@ def test_claims_are_decided_as_the_claims_table_decides_them():
     ]
     planner = _planner(rows, gates=[_gate(GROUP_B, 0.0, 1.0)])
     a = planner.allocation({"a": 4, "b": 4})
-    one = seedplan.test_power(pd.Series(rows[0]), 4)
+    one = seedplan.row_power(pd.Series(rows[0]), 4)
     assert 0.2 < one < 0.8
     # the two C1 tests are distinct comparisons, drawn independently: both hold ~ one^2
     assert a.chances["C1"] == pytest.approx(one**2, abs=0.03)
