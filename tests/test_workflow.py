@@ -331,6 +331,32 @@ def test_run_floor_counts_every_job_once(ci_run):
 
 
 @pytest.mark.slow
+def test_seed_plan_of_the_ci_run_accounts_for_every_job(ci_run):
+    """`coalora plan` on a real run: its costs add up to the run's benchmark files, the
+    measured allocation replays at the measured wall time, and one seed decides nothing."""
+    from coalora import seedplan
+
+    results = ci_run / "results-ci"
+    planner, measured = seedplan.planner_from_run(results, cores=2, wall=60.0, replicates=50)
+    assert measured == {"tiny-bert-testament": 2, "tiny-llama-lm": 1}
+    total = 0.0
+    for tsv in (results / "benchmarks").rglob("*.tsv"):
+        with tsv.open() as handle:
+            total += float(next(csv.DictReader(handle, delimiter="\t"))["s"])
+    spent = sum(planner.costs[name].seconds(s) for name, s in measured.items())
+    assert spent + planner.reports == pytest.approx(total)
+    replay = planner.allocation(measured)
+    assert replay.wall_seconds == pytest.approx(60.0)
+    assert set(replay.chances) == {f"C{i}" for i in range(1, 9)}
+    assert replay.chances["C8"] == 0  # causal LMs: only the one-seed tiny-llama experiment
+    cmd = [sys.executable, "-m", "coalora", "plan", str(results), "--wall", "60",
+           "--minutes", "5", "--max-seeds", "3"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    text = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    assert "as measured:" in text and "best within 5 min (seeds 2..3" in text, text
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("compute_dtype", ["auto", "bf16"])
 def test_a_killed_run_started_again_finishes_with_the_same_tables(compute_dtype, request, tmp_path):
     """SIGKILL the whole run (Snakemake and its jobs) once the first evaluation is written,
