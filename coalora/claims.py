@@ -40,24 +40,30 @@ from .stats import BOOTSTRAP_REPLICATES, Interval, interval_of, log_ratio_interv
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive at this scale"
 NOT_TESTED = "not tested at this scale"
+NOT_GATED = "not gated"  # the `sensitivity` of a test that is not about configuration-awareness
 PAPER_K = 2  # configurations per CoA-LoRA step in the paper
 
 
+def decide(low, high, relation: str, threshold: float):
+    """(holds, contradicted) of an interval ``[low, high]`` under a relation to a threshold
+    (see the module docstring); numbers or arrays of them (the seed planner decides many
+    simulated intervals at once, ``coalora.seedplan``)."""
+    if relation == "greater":
+        return low > threshold, high < threshold
+    if relation == "less":
+        return high < threshold, low > threshold
+    if relation == "within":
+        return (-threshold < low) & (high < threshold), (high < -threshold) | (low > threshold)
+    raise ValueError(f"unknown relation {relation!r}")
+
+
 def verdict(interval: Interval, relation: str, threshold: float) -> str:
-    """Decide a relation on an interval (see the module docstring); an interval that does
-    not count seed variance (one seed) decides nothing."""
+    """Decide a relation on an interval; an interval that does not count seed variance (one
+    seed) decides nothing."""
     if not interval.counts_seeds:
         return INCONCLUSIVE
-    low, high = interval.low, interval.high
-    if relation == "greater":
-        return HOLDS if low > threshold else CONTRADICTED if high < threshold else INCONCLUSIVE
-    if relation == "less":
-        return HOLDS if high < threshold else CONTRADICTED if low > threshold else INCONCLUSIVE
-    if relation == "within":
-        if -threshold < low and high < threshold:
-            return HOLDS
-        return CONTRADICTED if high < -threshold or low > threshold else INCONCLUSIVE
-    raise ValueError(f"unknown relation {relation!r}")
+    holds, contradicted = decide(interval.low, interval.high, relation, threshold)
+    return HOLDS if holds else CONTRADICTED if contradicted else INCONCLUSIVE
 
 
 def overall_verdict(verdicts: list[str]) -> str:
@@ -324,7 +330,7 @@ class GroupContext:
 
 def _sensitivity_text(claim, test, context, raw_verdict) -> str:
     if not claim.gates(test):
-        return "not gated"
+        return NOT_GATED
     text = context.sensitivity.text()
     if context.sensitivity.flat and raw_verdict != INCONCLUSIVE:
         text += f" (the interval alone: {raw_verdict})"

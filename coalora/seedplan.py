@@ -14,19 +14,19 @@ The model, and what it leaves out:
   of the measured later seeds: the first may carry extra work, e.g. lm-eval at seed 0) for every
   further seed. The wall time is all jobs' seconds over the cores, times the run's own fill
   factor (its measured wall against that floor; 1 without ``--wall``: a floor, not a forecast).
-- **Power.** Each test row that carries its claim's verdict (``decides``) is decided at S seeds
-  with ``power.power`` at the run's own effect and noise components, at the measured test size.
-  A test of configuration-awareness in a group that may turn out flat also needs the group's
-  sensitivity diagnostic to pass (its interval above 0 and reaching the minimum effect), planned
-  the same way from the diagnostic's own interval.
-- **Claims.** Each interval is replayed by simulation at the planned seeds (``Measurement``:
-  the estimate drawn around the run's effect, the seed variance re-estimated from that many
-  seeds, the interval built as ``coalora.stats`` builds it), and every reading of it decided
-  as ``claims.verdict`` decides it; a claim is decided in a simulated run when one of its tests
-  is contradicted or all hold. Readings of one interval share its draws (C7.2 and C8.2 under
-  INT are one comparison); distinct intervals are drawn independently, although in truth they
-  share seeds and records: the chance of at least ``k`` decided claims is approximate. Each
-  test's simulated chance agrees with ``power.power`` (``tests/test_seedplan.py``).
+- **Verdicts.** Each test row that carries its claim's verdict (``decides``) is replayed by
+  simulation at the planned seeds (``simulated_intervals``: the estimate drawn around the
+  run's effect from its own noise components, the seed variance re-estimated from that many
+  seeds, the interval built as ``coalora.stats`` builds it) and decided as the claims table
+  decides it (``claims.decide``), at the measured test size. A test of
+  configuration-awareness in a group that may turn out flat also needs the group's
+  sensitivity diagnostic to pass (its interval above 0 and reaching the minimum effect),
+  replayed the same way from the diagnostic's own interval. A single test's simulated chance
+  agrees with ``power.power`` (``row_power``; ``tests/test_seedplan.py``).
+- **Claims.** A claim is decided in a simulated run when one of its tests is contradicted or
+  all hold. Readings of one interval share its draws (C7.2 and C8.2 under INT are one
+  comparison); distinct intervals are drawn independently, although in truth they share
+  seeds and records: the chance of at least ``k`` decided claims is approximate.
 - **Effects.** A plan at the run's own effects says what more seeds of *this* experiment would
   decide if the effects are what this run measured; a run with few seeds estimates them
   loosely, so a plan is a forecast to write down before the next run, not a result.
@@ -46,13 +46,12 @@ import pandas as pd
 from . import claims, power
 from .compare import RECORD_GLOB, SEED_FOLDER
 from .evaluate.results import read_results
-from .report import GROUP_KEYS
+from .report import GROUP_KEYS, quantized
 from .sensitivity import sensitivity_frame
 from .stats import quantile
 
 # The method label of the unadapted evaluation: evaluated once per experiment (a fixed cost).
 UNADAPTED = "none"
-NOT_GATED = "not gated"
 
 
 # --------------------------------------------------------------------------------- cost
@@ -142,40 +141,21 @@ def row_power(row, seeds: int) -> float:
     return float(np.clip(p, 0.0, 1.0))
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """One interval of the run (a comparison's, or a sensitivity diagnostic's) as the planner
-    replays it: its effect on the interval's scale and its two noise components."""
-
-    effect: float
-    var_seed: float  # variance of one seed's effect
-    var_test: float  # test-sample variance per example
-    n_test: int
-
-    def draw(self, seeds: int, rng: np.random.Generator, draws: int = DRAWS):
-        """``draws`` simulated (low, high) of this interval at ``seeds`` seeds, built as
-        ``coalora.stats`` builds it: the seed part's variance estimated from the seeds (a
-        scaled chi-square), the test part taken as known."""
-        n = max(self.n_test, 1)
-        se_seed2 = self.var_seed / seeds
-        se_test2 = self.var_test / n if self.n_test else 0.0
-        z_seed, z_test = rng.standard_normal((2, draws))
-        estimate = self.effect + z_seed * math.sqrt(se_seed2) + z_test * math.sqrt(se_test2)
-        estimated_seed2 = se_seed2 * rng.chisquare(seeds - 1, draws) / (seeds - 1)
-        t, _ = quantile(estimated_seed2, np.full(draws, se_test2), seeds)
-        half = t * np.sqrt(estimated_seed2 + se_test2)
-        return estimate - half, estimate + half
-
-
-def decisions(low, high, relation: str, threshold: float):
-    """Per simulated interval: (holds, contradicted), as ``claims.verdict`` decides them."""
-    if relation == "greater":
-        return low > threshold, high < threshold
-    if relation == "less":
-        return high < threshold, low > threshold
-    if relation == "within":
-        return (-threshold < low) & (high < threshold), (high < -threshold) | (low > threshold)
-    raise ValueError(f"unknown relation {relation!r}")
+def simulated_intervals(effect: float, components: power.Components, seeds: int,
+                        rng: np.random.Generator, draws: int = DRAWS):  # fmt: skip
+    """``draws`` simulated (low, high) of an interval at ``seeds`` seeds, for a true ``effect``
+    (on the interval's scale) and the run's noise ``components``, built as ``coalora.stats``
+    builds it: the seed part's variance estimated from the seeds (a scaled chi-square), the
+    test part taken as known."""
+    n = max(components.n_test, 1)
+    se_seed2 = components.var_seed / seeds
+    se_test2 = components.var_test / n if components.n_test else 0.0
+    z_seed, z_test = rng.standard_normal((2, draws))
+    estimate = effect + z_seed * math.sqrt(se_seed2) + z_test * math.sqrt(se_test2)
+    estimated_seed2 = se_seed2 * rng.chisquare(seeds - 1, draws) / (seeds - 1)
+    t, _ = quantile(estimated_seed2, np.full(draws, se_test2), seeds)
+    half = t * np.sqrt(estimated_seed2 + se_test2)
+    return estimate - half, estimate + half
 
 
 # --------------------------------------------------------------------------------- plan
@@ -233,14 +213,13 @@ class SeedPlanner:
         jobs = sum(self.costs[name].seconds(s) for name, s in seeds.items())
         return (jobs + (self.reports if jobs else 0.0)) / self.cores * self.fill
 
-    def _drawn(self, key: tuple, measurement: Measurement, seeds: int):
+    def _drawn(self, key: tuple, effect: float, components: power.Components, seeds: int):
         """The simulated (low, high) of one interval at ``seeds`` seeds (the same random
         numbers for an interval at every allocation: allocations differ by seeds, not luck)."""
-        memo = (key, measurement, seeds)
+        memo = (key, effect, components, seeds)
         if memo not in self._memo:
-            entropy = [self.seed, seeds, *map(ord, repr(key))]
-            rng = np.random.default_rng(entropy)
-            self._memo[memo] = measurement.draw(seeds, rng, self.draws)
+            rng = np.random.default_rng([self.seed, seeds, *map(ord, repr(key))])
+            self._memo[memo] = simulated_intervals(effect, components, seeds, rng, self.draws)
         return self._memo[memo]
 
     def _gate_passes(self, group: tuple, seeds: int) -> np.ndarray:
@@ -250,27 +229,23 @@ class SeedPlanner:
         if gate is None or not math.isfinite(float(gate["spread"])):
             return np.ones(self.draws, bool)
         n = int(gate["n_test"])
-        measurement = Measurement(
-            float(gate["spread"]), float(gate["se_seed"]) ** 2 * int(gate["n_seeds"]),
-            float(gate["se_test"]) ** 2 * n if n else 0.0, n,
+        components = power.Components(
+            float(gate["se_seed"]) ** 2 * int(gate["n_seeds"]),
+            float(gate["se_test"]) ** 2 * n if n else 0.0, n, n,
         )  # fmt: skip
-        low, high = self._drawn(("gate", *group), measurement, seeds)
+        low, high = self._drawn(("gate", *group), float(gate["spread"]), components, seeds)
         return (low > 0) & (high >= float(gate["min_effect"]))
 
     def _row_decisions(self, row, seeds: int):
         statistic = row["statistic"]
         group = tuple(row[k] for k in GROUP_KEYS)
-        n_test = int(row["n_test"])
-        measurement = Measurement(
-            power.on_interval_scale(float(row["effect"]), statistic),
-            float(row["se_seed"]) ** 2 * int(row["n_seeds"]),
-            float(row["se_test"]) ** 2 * n_test if n_test else 0.0, n_test,
-        )  # fmt: skip
-        low, high = self._drawn((*group, row["comparison"], statistic), measurement, seeds)
-        holds, contradicted = decisions(
-            low, high, row["relation"], power.on_interval_scale(float(row["threshold"]), statistic)
+        effect, threshold = (
+            power.on_interval_scale(float(row[name]), statistic) for name in ("effect", "threshold")
         )
-        if str(row.get("sensitivity", NOT_GATED)) != NOT_GATED:
+        components = power.Components.from_row(row)
+        low, high = self._drawn((*group, row["comparison"], statistic), effect, components, seeds)
+        holds, contradicted = claims.decide(low, high, row["relation"], threshold)
+        if str(row.get("sensitivity", claims.NOT_GATED)) != claims.NOT_GATED:
             passes = self._gate_passes(group, seeds)
             holds, contradicted = holds & passes, contradicted & passes
         return holds, contradicted
@@ -323,10 +298,9 @@ def run_groups(results: Path, records: pd.DataFrame) -> dict[str, tuple]:
     names = records["path"].map(lambda p: Path(p).relative_to(root).parts[0])
     groups = {}
     for name, rows in records.assign(_experiment=names).groupby("_experiment"):
-        quantized = rows[rows["quantizer"] != "none"]
-        if quantized.empty:
+        keys = quantized(rows)[GROUP_KEYS].drop_duplicates()
+        if keys.empty:
             continue
-        keys = quantized[GROUP_KEYS].drop_duplicates()
         if len(keys) > 1:
             raise ValueError(f"experiment {name} holds records of more than one group")
         groups[str(name)] = tuple(keys.iloc[0])

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from coalora import seedplan
+from coalora.claims import NOT_GATED
 from coalora.cli import main
 
 GROUP_A = {"model": "m", "task": "t", "quantizer": "nf"}
@@ -22,7 +23,7 @@ def _row(claim, group, comparison, effect, se_seed, *, relation="greater", thres
         "claim": claim, "test": f"{claim}.1", **group, "comparison": comparison,
         "statistic": statistic, "effect": effect, "relation": relation,
         "threshold": threshold, "decides": True,
-        "sensitivity": "sensitive: ..." if gated else seedplan.NOT_GATED,
+        "sensitivity": "sensitive: ..." if gated else NOT_GATED,
         "n_seeds": n_seeds, "se_seed": se_seed, "se_test": se_test, "n_test": n_test,
         "max_test": n_test, "train_seconds": 1.0, "setup_seconds": 0.0, "eval_seconds": 0.0,
     }  # fmt: skip
