@@ -23,7 +23,6 @@ seconds against the cores' time.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +33,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 from coalora.evaluate.results import read_result  # noqa: E402
 from coalora.io import read_json  # noqa: E402
+from coalora.timing import benchmark_jobs  # noqa: E402
 from coalora.train import MANIFEST  # noqa: E402
 
 REPORTS = "(tables, claims)"  # the jobs of all experiments together, under benchmarks/
@@ -43,17 +43,16 @@ def job_seconds(results: Path) -> dict[str, dict[str, list[float]]]:
     """Wall seconds of each job, by experiment (the folder under ``benchmarks/``; REPORTS for
     files directly in it) and kind ("engine": training and evaluation jobs; "other")."""
     jobs = defaultdict(lambda: {"engine": [], "other": []})
-    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
-        with tsv.open() as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-        if not rows or "s" not in rows[0]:
-            raise SystemExit(f"run_floor.py: {tsv} is not a Snakemake benchmark file")
-        parts = tsv.relative_to(results / "benchmarks").parts
+    try:
+        jobs_of_run = list(benchmark_jobs(results))
+    except ValueError as error:
+        raise SystemExit(f"run_floor.py: {error}") from None
+    for tsv, parts, seconds in jobs_of_run:
         experiment = parts[0] if len(parts) > 1 else REPORTS
         kind = (
             "engine" if tsv.stem in ("train", "eval") or tsv.stem.startswith("train-") else "other"
         )
-        jobs[experiment][kind].append(float(rows[0]["s"]))
+        jobs[experiment][kind].append(seconds)
     return jobs
 
 

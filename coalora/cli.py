@@ -126,19 +126,19 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    from .report_cli import report_from_cli
+    from .report.cli import report_from_cli
 
     report_from_cli(args)
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_from_cli
+    from .verdicts.compare import compare_from_cli
 
     return compare_from_cli(args)
 
 
 def _cmd_plan(args) -> None:
-    from .seedplan import plan_from_cli
+    from .verdicts.seedplan import plan_from_cli
 
     plan_from_cli(args)
 

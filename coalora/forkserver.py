@@ -89,7 +89,7 @@ PRELOAD = (
     "peft",
     "coalora.runner",
     "coalora.evaluate.run",
-    "coalora.report_cli",
+    "coalora.report.cli",
     "transformers.models.bert.modeling_bert",
     "transformers.models.llama.modeling_llama",
 )

@@ -15,14 +15,21 @@ Events, in the order a job passes them:
 - ``first_eval_batch``: the first forward pass of an evaluation begins (classification
   batches, perplexity windows: a causal LM's perplexity always runs before lm-eval);
 - ``cli_end``: ``main`` returns.
+
+It also reads the other timing record of a run, Snakemake's ``benchmark:`` files (one TSV per
+job under ``results/benchmarks/``): :func:`benchmark_jobs`, for the seed planner
+(``coalora.verdicts.seedplan``) and ``benchmarks/run_floor.py``.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 TIMING_ENV = "COALORA_TIMING_FILE"
 
@@ -65,3 +72,29 @@ def read_marks(path: str | os.PathLike) -> list[dict]:
     """The marks of a timing file, in the order written."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+BENCHMARKS_DIR = "benchmarks"  # under a run's results folder: Snakemake's job timings
+
+
+def benchmark_seconds(tsv: str | os.PathLike) -> float:
+    """A job's wall seconds (column ``s``) from its Snakemake benchmark file."""
+    with open(tsv, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if not rows or "s" not in rows[0]:
+        raise ValueError(f"{tsv} is not a Snakemake benchmark file (no 's' column)")
+    try:
+        return float(rows[0]["s"])
+    except ValueError:
+        raise ValueError(f"{tsv}: its 's' is not a number: {rows[0]['s']!r}") from None
+
+
+def benchmark_jobs(results: str | os.PathLike) -> Iterator[tuple[Path, tuple[str, ...], float]]:
+    """Every job of a finished run: (its benchmark file, the file's path parts under
+    ``results/benchmarks/``, its wall seconds), in path order. One part: a job of all
+    experiments together (tables, claims); else ``(experiment, [method, s<seed>,] file)``."""
+    root = Path(results) / BENCHMARKS_DIR
+    if not root.is_dir():
+        raise FileNotFoundError(f"{results}: no {BENCHMARKS_DIR}/ folder (Snakemake's job timings)")
+    for tsv in sorted(root.rglob("*.tsv")):
+        yield tsv, tsv.relative_to(root).parts, benchmark_seconds(tsv)

@@ -1,4 +1,4 @@
-"""Verdicts on the paper's claims (``coalora.claims``) from constructed evaluation records:
+"""Verdicts on the paper's claims (``coalora.verdicts.claims``) from constructed evaluation records:
 a clear win holds, a tie is inconclusive, a reversal is contradicted; the comparable
 (non-inferiority) reading, the paper's magnitude, a flat group, the power planner (checked by
 simulation); time ratios, the seen/unseen equivalence, the paper's relations and the CLI."""
@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coalora import claimbook, claims, claims_report, power, report
+from coalora import report
 from coalora.cli import main
 from coalora.evaluate.results import FULL_PRECISION, SCHEMA, read_results, write_result
-from coalora.sensitivity import FLAT_TEXT
-from coalora.stats import Interval, interval_from_components
+from coalora.verdicts import claimbook, claims, claims_report, power
+from coalora.verdicts.sensitivity import FLAT_TEXT
+from coalora.verdicts.stats import Interval, interval_from_components
 
 CONFIGS = [("b2.5", 2.5), ("b3", 3.0), ("b4", 4.0), ("u2.75", 2.75)]
 N_EXAMPLES = 600
@@ -392,7 +393,7 @@ def test_paper_position_and_smallest_margin_of_an_interval():
 def simulated_decision_rate(components, effect, relation, threshold, seeds, examples, reps, rng):
     """The share of replications in which the claims' interval decides the test: per-seed
     effects from N(effect, var_seed), one shared test-sample shift N(0, var_test / n) (every
-    seed is evaluated on the same examples), the interval as ``coalora.stats`` builds it."""
+    seed is evaluated on the same examples), the interval as ``coalora.verdicts.stats`` builds it."""
     decided = 0
     se_test2 = components.var_test / examples if components.var_test else 0.0
     for _ in range(reps):

@@ -10,10 +10,10 @@ import pandas as pd
 from test_claims import coalora as coalora_records
 from test_claims import qlora as qlora_records
 
-from coalora import claims, compare
 from coalora.cli import main
 from coalora.evaluate.results import SCHEMA, read_results, write_result
-from coalora.report_cli import write_table
+from coalora.report.cli import write_table
+from coalora.verdicts import claims, compare
 
 HOLDS, INCONCLUSIVE = claims.HOLDS, claims.INCONCLUSIVE
 LABELS = "01" * 20

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from baselines import gptq_lora
-from coalora import claims, precision
+from coalora import precision
 from coalora.data import load_task, make_batches
 from coalora.evaluate import BareBase, EvalSettings, evaluate_configs
 from coalora.lora import LoraLinear, inject_lora
@@ -24,6 +24,7 @@ from coalora.quant import ALL_OPTIONS, ModelQConfig, QuantConfig, QuantizedBase
 from coalora.quant.apply import narrowest_exact
 from coalora.runner import run_training
 from coalora.train import TrainSettings, train
+from coalora.verdicts import claims
 
 NF3 = QuantConfig(3, 8, "fp32", 64, 256)
 SETTINGS = dict(steps=4, lr=1e-2, batch_size=4, max_length=32, r=8, alpha=16)

@@ -1,4 +1,4 @@
-"""The seed planner (coalora/seedplan.py): costs from benchmark files, its simulated verdicts
+"""The seed planner (coalora/verdicts/seedplan.py): costs from benchmark files, its simulated verdicts
 against the analytic power, claims decided as the claims table decides them, the search."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coalora import seedplan
-from coalora.claims import NOT_GATED
 from coalora.cli import main
+from coalora.verdicts import seedplan
+from coalora.verdicts.claims import NOT_GATED
 
 GROUP_A = {"model": "m", "task": "t", "quantizer": "nf"}
 GROUP_B = {"model": "m", "task": "t", "quantizer": "int"}

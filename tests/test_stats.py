@@ -1,4 +1,4 @@
-"""Intervals over training seeds and test samples (``coalora.stats``): coverage on simulated
+"""Intervals over training seeds and test samples (``coalora.verdicts.stats``): coverage on simulated
 records with a known effect, no wins from a zero effect, and per-example recomputation of
 each metric against the evaluators' own definitions."""
 
@@ -9,7 +9,7 @@ import pytest
 from scipy.special import expit
 
 from coalora.evaluate.classification import classification_metrics
-from coalora.stats import (
+from coalora.verdicts.stats import (
     bootstrap_weights,
     combine,
     log_ratio_interval,

@@ -334,7 +334,7 @@ def test_run_floor_counts_every_job_once(ci_run):
 def test_seed_plan_of_the_ci_run_accounts_for_every_job(ci_run):
     """`coalora plan` on a real run: its costs add up to the run's benchmark files, the
     measured allocation replays at the measured wall time, and one seed decides nothing."""
-    from coalora import seedplan
+    from coalora.verdicts import seedplan
 
     results = ci_run / "results-ci"
     planner, measured = seedplan.planner_from_run(results, cores=2, wall=60.0, replicates=50)
@@ -410,7 +410,7 @@ def test_a_killed_run_started_again_finishes_with_the_same_tables(compute_dtype,
         assert read_table(results / table) == read_table(ci_run / "results-ci" / table), table
     # The claims too, but for the time ratios and the price of deciding (measured seconds
     # differ between runs).
-    from coalora.claims import SECONDS_COLUMNS
+    from coalora.verdicts.claims import SECONDS_COLUMNS
 
     claims = [
         [

@@ -19,7 +19,7 @@ written and when it is read. Schema ``coalora.evaluation/2``::
      "packages": {...}, "code_version": str,
      "machine": {...}}              # optional (older records lack it): see below
 
-``per_example`` keeps what the claims' intervals resample (``coalora.stats``), compactly:
+``per_example`` keeps what the claims' intervals resample (``coalora.verdicts.stats``), compactly:
 classification ``{"predictions": "0110...", "labels": "0100..."}`` (one digit per test
 example, in the test split's order, so records of one task pair example by example);
 language modelling ``{"window_nll": [float, ...]}`` (mean token NLL of each perplexity

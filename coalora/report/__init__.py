@@ -13,8 +13,8 @@ One module per job:
 - ``figures``: the matplotlib figures (``pareto_figure``, ``seen_unseen_figure``,
   ``search_ablation_figure``, ``FIGURES``); matplotlib is imported there only.
 
-``coalora report`` (``coalora.report_cli``) writes them. The paper's numbers, the claims and
-the ``paper`` table of relations live in ``coalora.claims`` (which reads these definitions,
+``coalora report`` (``coalora.report.cli``) writes them. The paper's numbers, the claims and
+the ``paper`` table of relations live in ``coalora.verdicts.claims`` (which reads these definitions,
 never the other way round). This package re-exports the names other modules and the tests use.
 """
 

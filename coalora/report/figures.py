@@ -7,7 +7,7 @@
 Lines go through the mean over seeds (geometric for perplexity) with bars from the lowest to
 the highest seed; filled markers for seen configurations, hollow for unseen. matplotlib is
 imported here only, on the first figure (``pyplot``), so importing ``coalora.report`` (and
-``coalora.claims``) does not load it.
+``coalora.verdicts.claims``) does not load it.
 """
 
 from __future__ import annotations

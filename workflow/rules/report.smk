@@ -26,7 +26,7 @@ rule table1:
 
 
 rule claims:
-    """Verdicts on the paper's claims (coalora/claims.yaml), with 95% intervals over seeds
+    """Verdicts on the paper's claims (coalora/verdicts/claims.yaml), with 95% intervals over seeds
     and test samples."""
     input:
         every_evaluation(),

@@ -1,6 +1,6 @@
 """The claims file (``claims.yaml``) as checked data: claims, their tests and readings, the
 paper's main table, the non-inferiority margins, the sensitivity gate's settings and the
-planner's caps. ``coalora.claims`` decides them; nothing here looks at a result."""
+planner's caps. ``coalora.verdicts.claims`` decides them; nothing here looks at a result."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from . import report
+from .. import report
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 STATISTICS = ("hv_diff", "gap", "time_ratio", "unseen_gap")

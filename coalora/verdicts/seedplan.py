@@ -1,6 +1,6 @@
 """How many seeds per experiment decide the most claims within a time budget (`coalora plan`).
 
-``coalora.power`` plans one test at a time. A default is planned as a whole: every experiment
+``coalora.verdicts.power`` plans one test at a time. A default is planned as a whole: every experiment
 gets a number of seeds, their jobs share one machine's cores for a fixed wall time, and a claim
 is decided when any of its tests is contradicted or all of them hold (``claims.overall_verdict``).
 From a finished run (its records and Snakemake's ``benchmark:`` files) this module predicts, for
@@ -17,7 +17,7 @@ The model, and what it leaves out:
 - **Verdicts.** Each test row that carries its claim's verdict (``decides``) is replayed by
   simulation at the planned seeds (``simulated_intervals``: the estimate drawn around the
   run's effect from its own noise components, the seed variance re-estimated from that many
-  seeds, the interval built as ``coalora.stats`` builds it) and decided as the claims table
+  seeds, the interval built as ``coalora.verdicts.stats`` builds it) and decided as the claims table
   decides it (``claims.decide``), at the measured test size. A test of
   configuration-awareness in a group that may turn out flat also needs the group's
   sensitivity diagnostic to pass (its interval above 0 and reaching the minimum effect),
@@ -34,7 +34,6 @@ The model, and what it leaves out:
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from dataclasses import dataclass
@@ -43,10 +42,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluate.results import read_results
+from ..report import GROUP_KEYS, quantized
+from ..timing import BENCHMARKS_DIR, benchmark_jobs
 from . import claims, power
 from .compare import RECORD_GLOB, SEED_FOLDER
-from .evaluate.results import read_results
-from .report import GROUP_KEYS, quantized
 from .sensitivity import sensitivity_frame
 from .stats import quantile
 
@@ -74,29 +74,13 @@ class ExperimentCost:
         return self.fixed + self.first_seed + (seeds - 1) * self.later_seed
 
 
-def _job_seconds(tsv: Path) -> float:
-    with tsv.open() as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    if not rows or "s" not in rows[0]:
-        raise ValueError(f"{tsv} is not a Snakemake benchmark file (no 's' column)")
-    try:
-        return float(rows[0]["s"])
-    except ValueError:
-        raise ValueError(f"{tsv}: its 's' is not a number: {rows[0]['s']!r}") from None
-
-
 def experiment_costs(results: Path) -> tuple[dict[str, ExperimentCost], float]:
     """Per experiment (a folder under ``results/benchmarks``), its cost; and the seconds of the
     report jobs of all experiments together (the files directly in ``benchmarks/``)."""
-    root = Path(results) / "benchmarks"
-    if not root.is_dir():
-        raise FileNotFoundError(f"{results}: no benchmarks/ folder (Snakemake's job timings)")
     reports = 0.0
     fixed: dict[str, float] = {}
     per_seed: dict[str, dict[int, float]] = {}
-    for tsv in sorted(root.rglob("*.tsv")):
-        parts = tsv.relative_to(root).parts
-        seconds = _job_seconds(tsv)
+    for _, parts, seconds in benchmark_jobs(results):
         if len(parts) == 1:
             reports += seconds
             continue
@@ -113,7 +97,9 @@ def experiment_costs(results: Path) -> tuple[dict[str, ExperimentCost], float]:
     for name in fixed:
         seeds = per_seed[name]
         if not seeds:
-            raise ValueError(f"{root / name}: no job of any seed (nothing to scale a plan by)")
+            raise ValueError(
+                f"{Path(results) / BENCHMARKS_DIR / name}: no job of any seed (nothing to scale a plan by)"
+            )
         order = sorted(seeds)
         later = [seeds[s] for s in order[1:]]
         first = seeds[order[0]]
@@ -144,7 +130,7 @@ def row_power(row, seeds: int) -> float:
 def simulated_intervals(effect: float, components: power.Components, seeds: int,
                         rng: np.random.Generator, draws: int = DRAWS):  # fmt: skip
     """``draws`` simulated (low, high) of an interval at ``seeds`` seeds, for a true ``effect``
-    (on the interval's scale) and the run's noise ``components``, built as ``coalora.stats``
+    (on the interval's scale) and the run's noise ``components``, built as ``coalora.verdicts.stats``
     builds it: the seed part's variance estimated from the seeds (a scaled chi-square), the
     test part taken as known."""
     n = max(components.n_test, 1)
@@ -373,7 +359,7 @@ def plan_text(planner: SeedPlanner, measured: dict[str, int], budget_minutes: fl
     lines = [
         f"seeds per experiment on {planner.cores} core(s), {fill}; each claim's chance of a "
         f"decided verdict at the run's own effects ({planner.draws} simulated runs; see "
-        "coalora/seedplan.py for what the model leaves out)",
+        "coalora/verdicts/seedplan.py for what the model leaves out)",
         "",
         "as measured:",
         header,

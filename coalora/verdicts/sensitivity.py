@@ -4,7 +4,7 @@ Configuration-awareness can only show where the configuration matters. Per (mode
 quantizer) group: the reference method (QLoRA, ``report.REFERENCE_METHOD``) at its highest
 against its lowest evaluated average bits, per seed on the gap scale (points, or
 ``-100 ln ppl``), with the claims' interval (seeds + paired bootstrap of the test examples,
-``coalora.stats``). The group is *flat* when that interval includes 0 or lies below the
+``coalora.verdicts.stats``). The group is *flat* when that interval includes 0 or lies below the
 minimum effect ``claims.yaml`` declares for the metric; then no test of configuration-awareness
 can say anything there. A full-precision LoRA run (its own method label, quantizer ``none``),
 where there is one, gives the ceiling: its mean metric with interval.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import report
+from .. import report
 from .stats import Interval, interval_of, resampled_values
 
 FLAT, SENSITIVE, UNKNOWN = "flat", "sensitive", "unknown"
@@ -151,7 +151,7 @@ SENSITIVITY_COLUMNS = [
 
 def sensitivity_frame(diagnostics: list[Sensitivity]) -> pd.DataFrame:
     """One row per group: the diagnostic's numbers (NaN where there are none), with its
-    noise components (the seed planner's, ``coalora.seedplan``)."""
+    noise components (the seed planner's, ``coalora.verdicts.seedplan``)."""
     rows = []
     for d in diagnostics:
         s, c = d.spread, d.ceiling

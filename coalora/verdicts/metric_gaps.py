@@ -5,7 +5,7 @@ Records present in both runs are paired by path (``<exp>/<method>/s<seed>/eval/<
 Per experiment and method, the gap of a seed is the mean over its configurations of (B - A)
 on the report's gap scale (``report.gap_scale``: points for accuracy-like metrics,
 ``-100 ln(perplexity)`` for perplexity, so a positive gap means B is better), and the gap's
-95% interval counts both noise sources the claims count (``coalora.stats``): seed to seed,
+95% interval counts both noise sources the claims count (``coalora.verdicts.stats``): seed to seed,
 and a paired bootstrap of the test examples shared by all the records of the experiment.
 
 ``BOUND``, fixed before any run was compared: a numerics change (another compute dtype,
@@ -22,8 +22,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
+from ..report import gap_scale
 from . import stats
-from .report import gap_scale
 
 BOUND = 1.0
 GAP_COLUMNS = [

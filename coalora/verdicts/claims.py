@@ -4,7 +4,7 @@ Results flow one way: evaluation records -> tables (``coalora.report``) -> claim
 The claims, their relations and the paper's own numbers are data (``claims.yaml``); this
 module resolves each test's two sides in each (model, task, quantizer) group, computes the
 effect per seed under paired bootstrap draws of the test examples, turns it into an interval
-(``coalora.stats``) and decides:
+(``coalora.verdicts.stats``) and decides:
 
 - *holds*: the whole 95% interval is on the claimed side of the threshold;
 - *contradicted*: the whole interval is on the other side;
@@ -16,11 +16,11 @@ A test with a non-inferiority margin is decided twice (``reading``: superior, co
 the claim follows the comparable one, the paper's "comparable or superior". A claim's overall
 verdict: contradicted if any of its tests is, holds if all hold, else inconclusive; *not
 tested* where no group has both sides. Tests of configuration-awareness (``gated``) in a
-group whose reference method cannot tell its budgets apart (``coalora.sensitivity``) stay
+group whose reference method cannot tell its budgets apart (``coalora.verdicts.sensitivity``) stay
 inconclusive and say so. Each row also names the paper's effect against our interval
-(``coalora.paper``), its scale (seeds, configurations, test examples, steps), any deviation
+(``coalora.verdicts.paper``), its scale (seeds, configurations, test examples, steps), any deviation
 from the paper's protocol (unequal optimizer steps per run, K != 2 configurations per
-CoA-LoRA step) and, for an open test, what would decide it (``coalora.power``).
+CoA-LoRA step) and, for an open test, what would decide it (``coalora.verdicts.power``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import power, report
+from .. import report
+from ..methods import Serves
+from . import power
 from .claimbook import COMPARABLE, READINGS, SUPERIOR, Claim, ClaimBook, ClaimTest, load_claims
-from .methods import Serves
 from .paper import format_value, paper_position, paper_text, paper_values
 from .sensitivity import Sensitivity, diagnose
 from .stats import BOOTSTRAP_REPLICATES, Interval, interval_of, log_ratio_interval, resampled_values
@@ -47,7 +48,7 @@ PAPER_K = 2  # configurations per CoA-LoRA step in the paper
 def decide(low, high, relation: str, threshold: float):
     """(holds, contradicted) of an interval ``[low, high]`` under a relation to a threshold
     (see the module docstring); numbers or arrays of them (the seed planner decides many
-    simulated intervals at once, ``coalora.seedplan``)."""
+    simulated intervals at once, ``coalora.verdicts.seedplan``)."""
     if relation == "greater":
         return low > threshold, high < threshold
     if relation == "less":
@@ -338,7 +339,7 @@ def _sensitivity_text(claim, test, context, raw_verdict) -> str:
 
 
 def _to_decide(test, interval, statistic, threshold, paper, components, book) -> dict:
-    """The plans at the paper's effect and at ours (``coalora.power``), as text and numbers."""
+    """The plans at the paper's effect and at ours (``coalora.verdicts.power``), as text and numbers."""
 
     def scale(x):
         return power.on_interval_scale(x, statistic)

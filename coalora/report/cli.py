@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import claims, claims_report, report
-from .evaluate.results import read_results
-from .io import atomic_path
+from .. import report
+from ..evaluate.results import read_results
+from ..io import atomic_path
+from ..verdicts import claims, claims_report
 
 # name -> (table(results, reference), why it can be empty): `coalora report tables` outputs.
 TABLES = {

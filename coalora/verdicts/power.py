@@ -1,6 +1,6 @@
 """What deciding a test would take: the seeds and test examples, and their price.
 
-A test's interval (``coalora.stats``) is ``D +- t * sqrt(var_seed / S + var_test / n)``: the
+A test's interval (``coalora.verdicts.stats``) is ``D +- t * sqrt(var_seed / S + var_test / n)``: the
 seed part shrinks with the seeds S, the test part with the test examples n (every seed is
 evaluated on the same examples, so test noise does not average out over seeds). From one run's
 estimates of the two components (``Components``: ``var_seed = se_seed^2 * S`` and
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from .report import run_totals_per_seed
+from ..report import run_totals_per_seed
 from .stats import CONFIDENCE, quantile
 
 POWER = 0.8
@@ -205,7 +205,7 @@ def measured_examples(rows: pd.DataFrame) -> int:
 @functools.cache
 def _split_size(task: str) -> int | None:
     """The task's test split size, loaded (None where it cannot be loaded here)."""
-    from .data import load_task
+    from ..data import load_task
 
     try:
         return load_task(task).sizes["test"]

@@ -12,7 +12,7 @@ across machines. This module compares two runs on both levels:
 - per provenance field (code version, packages, the machine, compute dtype, threads, device):
   what differs, and so why records differ bit-wise, or that nothing recorded explains it;
 - per experiment and method: the metric gap B - A with its 95% interval over seeds and test
-  examples (``coalora.metric_gaps``), e.g. what computing in bf16 instead of fp32 moved.
+  examples (``coalora.verdicts.metric_gaps``), e.g. what computing in bf16 instead of fp32 moved.
 
 The runs *agree* when every test is in both, every verdict is the same and every effect lies
 inside the other run's interval. Bit-level differences alone do not make runs disagree.
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate.results import MACHINE_FIELDS as RECORD_MACHINE_FIELDS
-from .evaluate.results import read_result
-from .io import atomic_path
+from ..evaluate.results import MACHINE_FIELDS as RECORD_MACHINE_FIELDS
+from ..evaluate.results import read_result
+from ..io import atomic_path
 from .metric_gaps import BOUND, metric_gaps
 
 CLAIMS_FILE_NAME = "claims.csv"  # the workflow's claims table, in the results directory
@@ -374,7 +374,7 @@ class Comparison:
     records: pd.DataFrame
     only_records: dict[str, list[str]]  # run -> records present in that run only
     provenance: pd.DataFrame
-    gaps: pd.DataFrame  # per experiment and method: B - A (coalora.metric_gaps)
+    gaps: pd.DataFrame  # per experiment and method: B - A (coalora.verdicts.metric_gaps)
 
     @property
     def agree(self) -> bool:

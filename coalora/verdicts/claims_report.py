@@ -1,6 +1,6 @@
 """The claims table as people read it: ``claims.md`` (the verdict per claim, the tests, each
 group's sensitivity diagnostic, what deciding would take, the margins) and the paper table
-(the paper's relations beside ours). The numbers all come from ``coalora.claims``."""
+(the paper's relations beside ours). The numbers all come from ``coalora.verdicts.claims``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from . import report
+from .. import report
 from .claims import ClaimBook, claims_table, load_claims
 from .paper import paper_cells
 from .sensitivity import FLAT_TEXT, Sensitivity
@@ -116,7 +116,7 @@ def claims_markdown(
         f"Seeds and test examples at which each open test would be decided with "
         f"{book.planning['power']:.0%} power (two-sided 95% interval, as built here), the "
         f"cheapest in core-seconds on the machine that ran these records, at the paper's effect "
-        f"(its mean over tasks) and at ours (docs/claims.md, coalora/power.py).",
+        f"(its mean over tasks) and at ours (docs/claims.md, coalora/verdicts/power.py).",
         "",
     ]
     lines += [

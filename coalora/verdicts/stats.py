@@ -93,7 +93,7 @@ def combine(per_seed: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
 def quantile(se_seed2, se_test2, n_seeds, confidence: float = CONFIDENCE):
     """The interval's t quantile: Welch-Satterthwaite degrees of freedom from the seed part
     (``n_seeds - 1``; the test part taken as exact), normal without seed variance. Works on
-    arrays too (the planner, ``coalora.power``, evaluates it over a grid of designs)."""
+    arrays too (the planner, ``coalora.verdicts.power``, evaluates it over a grid of designs)."""
     se_seed2, se_test2 = np.asarray(se_seed2, float), np.asarray(se_test2, float)
     n_seeds = np.asarray(n_seeds, float)
     with np.errstate(divide="ignore", invalid="ignore"):
