@@ -106,6 +106,8 @@ def _cmd_allocate(args) -> None:
 def _cmd_train(args) -> None:
     from .runner import train_from_cli
 
+    if args.snapshots_out and not args.evaluate_out:
+        raise ValueError("--snapshots-out evaluates the snapshots beside --evaluate-out: give both")
     train_from_cli(args)
     if args.evaluate_out:
         from .evaluate.run import evaluate_trained_from_cli
@@ -301,6 +303,12 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
         help="causal LMs: lm-eval tasks (default: every embedded one; the flag alone for none)",
     )
     p.add_argument("--lm-eval-include", action="append", help="extra lm-eval task YAML folder")
+    p.add_argument(
+        "--snapshots-out",
+        metavar="DIR",
+        help="(a trained run) also evaluate each of its snapshots (the learning curve) under "
+        "the same configurations, lm-eval tasks left out: DIR/<snapshot>/<result file name> (snapshot: at-<fraction>)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--window", type=int, help="perplexity window in tokens (default 2048)")
     p.add_argument("--max-length", type=int, help="classification truncation")

@@ -3,6 +3,7 @@ and where coalora's caches live."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,12 @@ from pathlib import Path
 
 CACHE_ENV = "COALORA_CACHE"
 DEFAULT_CACHE = "~/.cache/coalora"  # where the caches live when $COALORA_CACHE is not set
+
+
+def sha256_json(data) -> str:
+    """sha256 of canonical JSON (sorted keys, no spaces): the identity of a JSON-able value."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def cache_root() -> Path:

@@ -29,7 +29,9 @@ from .train import (
     clear_resume,
     load_checkpoint,
     resolve_device,
+    resumed_snapshots,
     save_checkpoint,
+    snapshot_fraction,
     train,
 )
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 TRAIN_CONFIGS_FILE = "train_configs.json"
 EPOCH_LOG_FILE = "search_log.json"
+# Per optimizer step: the learning rate, the configurations drawn, their losses (exposure and
+# the learning curves of the training loss come from it; coalora.train.TrainResult.step_log).
+TRAIN_LOG_FILE = "train_log.json"
 
 
 def model_kind(task_kind: str) -> str:
@@ -196,12 +201,44 @@ def run_training(
         "packages": package_versions(),
         "machine": machine_info(device),
     }
-    extra = {TRAIN_CONFIGS_FILE: [m.to_dict() for m in runner.train_configs]}
+    extra = {
+        TRAIN_CONFIGS_FILE: [m.to_dict() for m in runner.train_configs],
+        TRAIN_LOG_FILE: result.step_log,
+    }
     if result.epoch_logs:
         extra[EPOCH_LOG_FILE] = result.epoch_logs
-    save_checkpoint(out, runner.trainable_state(), manifest, extra)
+    save_checkpoint(
+        out, runner.trainable_state(), manifest, extra, snapshots_of(out, manifest, result)
+    )
     clear_resume(out)
     return Path(out)
+
+
+def snapshots_of(out, manifest: dict, result) -> dict:
+    """The run's snapshots (``coalora.train.resumed_snapshots``) as checkpoints of their own
+    for ``save_checkpoint``: the final manifest at the snapshot's step (its steps, seconds and
+    losses), its training set then and the steps' log up to it."""
+    snapshots = {}
+    settings = TrainSettings.from_dict(manifest["settings"])
+    for name, weights, progress in resumed_snapshots(out, settings):
+        step = progress["steps"]
+        losses = result.losses[:step]
+        snap_manifest = dict(
+            manifest,
+            steps=step,
+            train_seconds=progress["train_seconds"],
+            final_loss=losses[-1],
+            loss_first_last=[losses[0], losses[-1]],
+            num_train_configs=len(progress["train_configs"]),
+            train_avg_bits=[round(d["avg_bits"], 4) for d in progress["train_configs"]],
+            snapshot={"step": step, "of": manifest["steps"], "fraction": snapshot_fraction(name)},
+        )
+        files = {
+            TRAIN_CONFIGS_FILE: progress["train_configs"],
+            TRAIN_LOG_FILE: result.step_log[:step],
+        }
+        snapshots[name] = (weights, snap_manifest, files)
+    return snapshots
 
 
 def load_trained(checkpoint: str | Path):

@@ -10,6 +10,12 @@ Each optimizer step draws K configurations from the method, computes the task lo
 each on the same minibatch, averages the K losses (docs/method.md section 4 [decision]; the
 official code summed them) and steps once.
 
+Every step is logged (``TrainResult.step_log``: the learning rate it ran at, the identity of
+each configuration drawn and its loss), and at fixed fractions of the steps
+(``TrainSettings.snapshots``, ``snapshot_plan``) the trained parts are kept as evaluable snapshots: the learning
+curves, the claims' settled gate and each record's exposure (how many steps trained on its
+configuration) come from them (docs/claims.md, "Trained far enough?").
+
 Determinism and resume: batch k, the configurations of step k and every dropout mask
 depend only on (seed, k), so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted run would. Resume state lives in ``<out>.resume/`` beside the output, so a
@@ -72,6 +78,10 @@ class TrainSettings:
     # bf16 | fp32 | auto (bf16 where the device has bf16 matrix units): the dtype the frozen
     # base is held and the passes run in; trained parameters stay fp32 (coalora.precision).
     compute_dtype: str = "auto"
+    # Fractions of ``steps`` after which an evaluable snapshot of the trained parts is kept
+    # (e.g. [0.25, 0.5]; the end is the checkpoint itself): learning curves and the settled
+    # gate. One list per experiment, the same for every method (``snapshot_steps``).
+    snapshots: list = field(default_factory=list)
     # Options keyed by method (e.g. {"lqlora": {"iters": 100}}): a method reads only its own
     # entry and checks its keys (coalora.methods.Method.build_options).
     method_options: dict = field(default_factory=dict)
@@ -89,6 +99,15 @@ class TrainSettings:
                 f"training setting 'search_mode' must be full, frozen or random, got {self.search_mode!r}"
             )
         precision.check_setting(self.compute_dtype, "training setting 'compute_dtype'")
+        bad = [f for f in self.snapshots if not (isinstance(f, int | float) and 0 < f < 1)]
+        if bad:
+            raise ValueError(
+                f"training setting 'snapshots' takes fractions of the steps in (0, 1), got {bad}"
+            )
+        try:
+            snapshot_plan(self.steps, self.snapshots)
+        except ValueError as err:
+            raise ValueError(f"training setting 'snapshots': {err}") from None
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(
                 f"training setting 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}"
@@ -110,6 +129,63 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # mean loss over K configs, per step
     epoch_logs: list[dict] = field(default_factory=list)
     dtype: str = ""  # the compute dtype the steps ran in (precision.record_name)
+    # Per step: {"lr": the rate it ran at, "configs": identities of the configurations drawn
+    # (ModelQConfig.identity), "losses": the loss under each}; what exposure is counted from.
+    step_log: list[dict] = field(default_factory=list)
+
+
+def snapshot_plan(steps: int, fractions) -> dict[str, int]:
+    """The snapshots of a run of ``steps`` steps: name (``snapshot_name``) -> the step after
+    which it is kept, each fraction of ``steps`` rounded half up (at least 1), in order. Named
+    by fraction, so that every method of an experiment has the same snapshots whatever its
+    steps (the workflow's file names; workflow/rules/common.smk). Two fractions on one step,
+    or one on the last (the checkpoint itself), are refused."""
+    plan = {}
+    for fraction in sorted(set(fractions)):
+        step = max(1, math.floor(fraction * steps + 0.5))
+        if step >= steps:
+            raise ValueError(
+                f"snapshot {fraction:g} of a {steps}-step run falls on its last step (the "
+                f"checkpoint itself): use a smaller fraction or more steps"
+            )
+        if step in plan.values():
+            raise ValueError(
+                f"snapshots {sorted(set(fractions))} of a {steps}-step run put two on step "
+                f"{step}: use fewer snapshots or more steps"
+            )
+        plan[snapshot_name(fraction)] = step
+    return plan
+
+
+def snapshot_name(fraction: float) -> str:
+    return f"at-{fraction:g}"
+
+
+def snapshot_fraction(name: str) -> float:
+    return float(name.removeprefix("at-"))
+
+
+SNAPSHOTS_DIR = "snapshots"  # in a checkpoint (and its resume state): one folder per snapshot
+
+
+def exposure(step_log: list[dict], identity: str, peak_lr: float) -> dict:
+    """How much of a run trained on one configuration (its ``identity``): the optimizer steps
+    that drew it, out of all, and the same weighted by each step's learning rate (over the
+    peak rate) and by the configuration's share of the step's averaged loss (1/K)."""
+    steps = lr_steps = lr_total = 0.0
+    for entry in step_log:
+        rate = entry["lr"] / peak_lr if peak_lr else 0.0
+        lr_total += rate
+        drawn = entry["configs"].count(identity)
+        if drawn:
+            steps += 1
+            lr_steps += rate * drawn / len(entry["configs"])
+    return {
+        "steps": int(steps),
+        "of": len(step_log),
+        "lr_steps": round(lr_steps, 6),
+        "lr_of": round(lr_total, 6),
+    }
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -160,6 +236,11 @@ def train(
     ``stop_after`` ends the run early after that many total steps, leaving resume state:
     it exists to test that an interrupted run resumes to the same result.
     """
+    snapshot_at = {
+        step: name for name, step in snapshot_plan(settings.steps, settings.snapshots).items()
+    }
+    if snapshot_at and out is None:
+        raise ValueError("training setting 'snapshots' needs an output directory to keep them")
     model = method.model
     device = next(model.parameters()).device
     dtype = precision.resolve(settings.compute_dtype, device)
@@ -204,16 +285,20 @@ def train(
         batch = {k: v.to(device) for k, v in batch_for_step(step).items()}
         configs = method.configs_for_step(rng, settings.configs_per_step)
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        losses = []
         for mqc in configs:
             method.activate(mqc)
             loss = model(**batch).loss
             (loss / len(configs)).backward()
-            total += loss.item()
+            losses.append(loss.item())
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        rate = scheduler.get_last_lr()[0]  # the rate this step's update runs at
         optimizer.step()
         scheduler.step()
-        result.losses.append(total / len(configs))
+        result.losses.append(sum(losses) / len(configs))
+        result.step_log.append(
+            {"lr": rate, "configs": [m.identity() for m in configs], "losses": losses}
+        )
         bar.update(1)
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
@@ -224,6 +309,9 @@ def train(
             model.train()
             if epoch_log is not None:
                 result.epoch_logs.append(epoch_log)
+        if done in snapshot_at:
+            seconds = result.seconds + time.perf_counter() - clock
+            _save_snapshot(resume / SNAPSHOTS_DIR / snapshot_at[done], method, done, seconds)
         if resume is not None and (
             (settings.save_every and done % settings.save_every == 0) or done == last
         ):
@@ -237,6 +325,25 @@ def train(
     result.seconds += time.perf_counter() - clock
     model.eval()
     return result
+
+
+SNAPSHOT_PROGRESS = "progress.json"
+
+
+def _save_snapshot(folder: Path, method, step: int, seconds: float) -> None:
+    """The trained parts after ``step`` steps, kept in the resume state until the checkpoint
+    takes them (``runner.run_training``): written once, so a resumed run keeps the ones an
+    uninterrupted run wrote (those after its resume point again, bit for bit)."""
+    with atomic_dir(folder) as tmp:
+        save_file(
+            {k: v.detach().contiguous() for k, v in method.trainable_state().items()},
+            tmp / WEIGHTS,
+        )
+        write_json(
+            tmp / SNAPSHOT_PROGRESS,
+            {"steps": step, "train_seconds": seconds,
+             "train_configs": [m.to_dict() for m in method.train_configs]},
+        )  # fmt: skip
 
 
 def _save_resume(resume: Path, method, optimizer, scheduler, result: TrainResult) -> None:
@@ -283,14 +390,38 @@ WEIGHTS = "weights.safetensors"
 
 
 def save_checkpoint(
-    out: str | Path, trainable: dict, manifest: dict, extra_files: dict | None = None
+    out: str | Path,
+    trainable: dict,
+    manifest: dict,
+    extra_files: dict | None = None,
+    snapshots: dict[str, tuple[Path, dict, dict]] | None = None,
 ):
-    """Write ``out/`` atomically: weights (safetensors) + manifest (JSON) + extra JSON files."""
+    """Write ``out/`` atomically: weights (safetensors) + manifest (JSON) + extra JSON files,
+    and each snapshot (name -> its weights file, manifest, extra files) as a checkpoint of its
+    own under ``out/snapshots/<name>/``."""
     with atomic_dir(out) as tmp:
         save_file({k: v.detach().contiguous() for k, v in trainable.items()}, tmp / WEIGHTS)
         write_json(tmp / MANIFEST, manifest)
         for name, data in (extra_files or {}).items():
             write_json(tmp / name, data)
+        for name, (weights, snap_manifest, snap_extra) in (snapshots or {}).items():
+            folder = tmp / SNAPSHOTS_DIR / name
+            folder.mkdir(parents=True)
+            shutil.copyfile(weights, folder / WEIGHTS)
+            write_json(folder / MANIFEST, snap_manifest)
+            for file, data in snap_extra.items():
+                write_json(folder / file, data)
+
+
+def resumed_snapshots(out: str | Path, settings: TrainSettings) -> list[tuple[str, Path, dict]]:
+    """The snapshots a finished run kept in its resume state: (name, weights file, progress),
+    in step order; a missing one is an error (the run's plan says which there must be)."""
+    root = _resume_dir(Path(out)) / SNAPSHOTS_DIR
+    found = []
+    for name in snapshot_plan(settings.steps, settings.snapshots):
+        progress = read_json(root / name / SNAPSHOT_PROGRESS, "snapshot progress")
+        found.append((name, root / name / WEIGHTS, progress))
+    return found
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:

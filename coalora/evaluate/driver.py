@@ -32,7 +32,7 @@ from .configs import TRAINED, resolve_configs
 from .measure import DEFAULT_MAX_LENGTH, EvalSettings, TaskMeasure
 from .records import make_record
 from .results import write_result
-from .sources import ModelSource
+from .sources import ModelSource, Trained
 
 
 def evaluate_configs(
@@ -42,6 +42,7 @@ def evaluate_configs(
     out_paths: Sequence[str | os.PathLike] | None = None,
     settings: EvalSettings | None = None,
     allocation: AllocationSpec = DEFAULT_ALLOCATION,
+    snapshots_out: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Evaluate ``source``'s model under many configurations in one process.
 
@@ -51,7 +52,8 @@ def evaluate_configs(
     method that serves full precision);
     see ``resolve_configs``. ``task`` defaults to the source's own (a checkpoint's task).
     Each result is written to its ``out_paths`` entry (atomically) as soon as it is
-    measured; all are returned."""
+    measured; all are returned. ``snapshots_out``: then also the checkpoint's snapshots (its
+    learning curve, ``_measure_snapshots``), their records after the final ones."""
     if not isinstance(source, ModelSource):
         raise TypeError(
             f"evaluate_configs takes a ModelSource (Trained(checkpoint), BareBase(model)), "
@@ -71,7 +73,17 @@ def evaluate_configs(
     max_length = settings.max_length or source.max_length or DEFAULT_MAX_LENGTH
     measure = TaskMeasure(source.loaded, task_data, settings, max_length)
     load_seconds = time.perf_counter() - started
+    common = _common_protocol(task_data, device, dtype, load_seconds, len(mqcs))
+    records = _measure_configs(source, mqcs, paths, measure, common, settings)
+    if snapshots_out is not None:
+        records += _measure_snapshots(
+            source, mqcs, paths, measure, common, settings, Path(snapshots_out)
+        )
+    return records
 
+
+def _measure_configs(source, mqcs, paths, measure, common: dict, settings) -> list[dict]:
+    """Measure the source's model under each configuration; write each record as measured."""
     records = []
     for mqc, path in zip(mqcs, paths, strict=True):
         clock = time.perf_counter()
@@ -80,11 +92,11 @@ def evaluate_configs(
         clock = time.perf_counter()
         metrics, protocol, per_example = measure.measure(model)
         evaluation = time.perf_counter() - clock
-        protocol.update(_common_protocol(task_data, device, dtype, load_seconds, len(mqcs)))
+        protocol.update(common)
         protocol["eval_settings"] = asdict(settings)
         protocol.update(source.protocol)
         record = make_record(
-            task=task_data.spec.name,
+            task=measure.task.spec.name,
             mqc=mqc,
             metrics=metrics,
             per_example=per_example,
@@ -98,6 +110,25 @@ def evaluate_configs(
         if path is not None:
             write_result(path, record)
         records.append(record)
+    return records
+
+
+def _measure_snapshots(source, mqcs, paths, measure, common, settings, out: Path) -> list[dict]:
+    """The learning curve: each snapshot of a trained run (``coalora.train.snapshot_steps``)
+    under the same configurations, on the same test examples, with the lm-eval tasks left
+    out (their cost is the full evaluation's; the curve needs the primary metric only).
+    Records go to ``out/at-<fraction>/<file name of the final record>``."""
+    if not isinstance(source, Trained):
+        raise ValueError("snapshots belong to trained runs: give a --checkpoint")
+    if any(p is None for p in paths):
+        raise ValueError("snapshot records are named after the final records: give their paths")
+    curve_settings = dataclasses.replace(settings, lm_eval_tasks=[])
+    curve_measure = TaskMeasure(source.loaded, measure.task, curve_settings, measure.max_length)
+    records = []
+    for name in source.snapshot_names():
+        source.switch_to_snapshot(name)
+        snap_paths = [out / name / p.name for p in paths]
+        records += _measure_configs(source, mqcs, snap_paths, curve_measure, common, curve_settings)
     return records
 
 

@@ -46,6 +46,7 @@ def make_record(
     setup_seconds: float,
     eval_seconds: float,
     device: str,
+    exposure: dict | None = None,
 ) -> dict:
     """A schema-checked results record (``coalora.evaluate.results``) of an evaluation on
     ``device`` (the model's; its machine is recorded)."""
@@ -75,6 +76,7 @@ def make_record(
         "train_steps": None if train_steps is None else int(train_steps),
         "setup_seconds": float(setup_seconds),
         "eval_seconds": float(eval_seconds),
+        "exposure": exposure,
         "packages": record_packages(),
         "code_version": code_version(),
         "machine": machine_info(device),

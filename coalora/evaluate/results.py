@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import subprocess
 from collections.abc import Iterable
@@ -53,7 +52,7 @@ from numbers import Real
 from pathlib import Path
 
 from .. import __version__
-from ..io import read_json, write_json
+from ..io import read_json, sha256_json, write_json
 from ..machine import KERNEL_ENV, KERNEL_ISA
 
 SCHEMA = "coalora.evaluation/2"
@@ -152,6 +151,12 @@ FIELDS: dict[str, tuple] = {
 # Fields a record may lack (records written before they existed still read).
 OPTIONAL_FIELDS: dict[str, tuple] = {
     "machine": (_is_dict, "an object"),
+    # How much of its run trained on this configuration (coalora.train.exposure): null for
+    # the unadapted base and for records written before it existed.
+    "exposure": (
+        _nullable(lambda v: _is_dict(v) and set(v) == {"steps", "of", "lr_steps", "lr_of"}),
+        'null or {"steps", "of", "lr_steps", "lr_of"}',
+    ),
 }
 MACHINE_FIELDS: dict[str, tuple] = {
     "cpu": (_is_str, "a string"),
@@ -243,19 +248,12 @@ def read_results(paths: Iterable[str | os.PathLike]):
 # ----------------------------------------------------------------------------- provenance
 
 
-def sha256_json(data) -> str:
-    """sha256 of canonical JSON (sorted keys, no spaces)."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def qconfig_hash(mqc) -> str:
     """Identity of a configuration: its quantizer and every module's 5-tuple (``None``: the
     full-precision model). Names, budgets and other labels do not count."""
     if mqc is None:
         return sha256_json({"quantizer": "none", "modules": {}})
-    modules = {name: qc.to_dict() for name, qc in mqc.modules.items()}
-    return sha256_json({"quantizer": mqc.quantizer, "modules": modules})
+    return mqc.identity()
 
 
 def directory_hash(directory: str | os.PathLike) -> str:

@@ -40,6 +40,8 @@ def evaluate_from_cli(args) -> None:
     --lm-eval-tasks T...   [lm_eval_tasks]  (nargs="*") causal LMs: lm-eval tasks (default every
                                          embedded one; give the flag with no names for none)
     --lm-eval-include DIR  [lm_eval_include] (action="append") extra lm-eval task YAML dirs
+    --snapshots-out DIR    [snapshots_out]  (--checkpoint) each snapshot's records too:
+                                         DIR/at-<fraction>/<file name of the final record>
     --batch-size N         [batch_size]  default 8
     --window N             [window]      perplexity window, default 2048 (capped at the model's)
     --max-length N         [max_length]  classification truncation (default: training length)
@@ -90,7 +92,9 @@ def evaluate_from_cli(args) -> None:
         if opt("task") is None:
             raise ValueError("--model needs --task")
         source = BareBase(model, seed=opt("seed") or 0, quantizer=opt("quantizer") or "nf")
-    records = evaluate_configs(source, items, opt("task"), out_paths, settings, allocation)
+    records = evaluate_configs(
+        source, items, opt("task"), out_paths, settings, allocation, opt("snapshots_out")
+    )
     for path, record in zip(out_paths, records, strict=True):
         print(summary_line(path, record))
 
@@ -131,10 +135,13 @@ def evaluate_trained_from_cli(args) -> None:
     allocation = AllocationSpec(fisher_task=args.fisher_task, max_elements=args.max_elements)
     source = Trained(args.out, label=args.label)
     settings = eval_settings_from_cli(args)
-    (record,) = evaluate_configs(
-        source, [item], None, [Path(args.evaluate_out)], settings, allocation
-    )
+    record, *snapshots = evaluate_configs(
+        source, [item], None, [Path(args.evaluate_out)], settings, allocation,
+        getattr(args, "snapshots_out", None),
+    )  # fmt: skip
     print(summary_line(args.evaluate_out, record))
+    for snapshot in snapshots:
+        print(f"  snapshot at step {snapshot['train_steps']}: {summary_line('', snapshot)}")
 
 
 def summary_line(path, record: dict) -> str:

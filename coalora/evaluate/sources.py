@@ -16,16 +16,25 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from .. import precision
 from ..data import TaskData
+from ..io import read_json
 from ..methods import Serves
 from ..models import LoadedModel, load_model, weights_hash
 from ..quant import ModelQConfig, QuantizedBase
-from ..runner import load_trained, model_kind
-from ..train import resolve_device
+from ..runner import TRAIN_CONFIGS_FILE, TRAIN_LOG_FILE, load_trained, model_kind
+from ..train import (
+    SNAPSHOTS_DIR,
+    TrainSettings,
+    exposure,
+    load_checkpoint,
+    resolve_device,
+    snapshot_plan,
+)
 from .measure import EvalSettings, load_eval_task
 from .results import directory_hash
 
@@ -67,7 +76,8 @@ class ModelSource(ABC):
     @abstractmethod
     def provenance(self, mqc: ModelQConfig | None) -> dict:
         """``make_record``'s fields that come from the source: model, method, seen,
-        base_hash, checkpoint_hash, seed, train_seconds, train_steps."""
+        base_hash, checkpoint_hash, seed, train_seconds, train_steps (and exposure, where it
+        trained)."""
 
 
 class Trained(ModelSource):
@@ -93,7 +103,6 @@ class Trained(ModelSource):
                 f"task {spec.name!r} has {spec.num_labels} labels, the checkpoint's "
                 f"classifier {manifest.get('num_labels')}"
             )
-        self.manifest = manifest
         self.loaded, self.qbase = self.method.loaded, self.method.qbase
         self.quantizer = manifest.get("quantizer", "nf")
         train_settings = manifest["settings"]
@@ -107,9 +116,42 @@ class Trained(ModelSource):
             # Which configurations the method serves (its class's trait), read by the report.
             "serves": str(self.method.serves),
         }
-        self.checkpoint_hash = directory_hash(self.checkpoint)
-        self.trained_keys = {m.key() for m in self.method.train_configs}
+        self._describe(self.checkpoint, manifest, self.method.train_configs)
         return task_data
+
+    def _describe(self, folder, manifest: dict, train_configs) -> None:
+        """What the records say of the checkpoint (or snapshot) now evaluated."""
+        self.manifest = manifest
+        self.protocol.pop("snapshot", None)
+        if manifest.get("snapshot"):  # an evaluable snapshot of a run (its learning curve)
+            self.protocol["snapshot"] = manifest["snapshot"]
+        self.checkpoint_hash = directory_hash(folder)
+        self.trained_keys = {m.key() for m in train_configs}
+        log_file = Path(folder) / TRAIN_LOG_FILE
+        self.step_log = read_json(log_file, "training log") if log_file.exists() else None
+
+    def snapshot_names(self) -> list[str]:
+        """The checkpoint's snapshots (``coalora.train.snapshot_plan``), in step order."""
+        settings = TrainSettings.from_dict(self.manifest["settings"])
+        return list(snapshot_plan(settings.steps, settings.snapshots))
+
+    def switch_to_snapshot(self, name: str) -> None:
+        """Evaluate the snapshot ``name`` from now on: its trained parts replace the loaded
+        ones in place (the base is not loaded again), as ``load_trained`` would load it."""
+        folder = Path(self.checkpoint) / SNAPSHOTS_DIR / name
+        manifest, weights = load_checkpoint(folder)
+        if manifest.get("base_weights_hash") != self.manifest.get("base_weights_hash"):
+            raise ValueError(f"snapshot {folder} was trained on other base weights")
+        configs_file = folder / TRAIN_CONFIGS_FILE
+        train_configs = [
+            ModelQConfig.from_dict(d, self.qbase.targets, source=str(configs_file))
+            for d in read_json(configs_file, "training configurations")
+        ]
+        try:
+            self.method.load_trainable_state(weights)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"snapshot {folder} does not fit its method: {err}") from None
+        self._describe(folder, manifest, train_configs)
 
     def check(self, mqcs):
         if any(m is None for m in mqcs) and self.method.serves != Serves.FULL_PRECISION:
@@ -137,6 +179,11 @@ class Trained(ModelSource):
             "seed": m["settings"].get("seed", 0),
             "train_seconds": m.get("train_seconds"),
             "train_steps": m.get("steps"),
+            "exposure": (
+                None
+                if mqc is None or self.step_log is None
+                else exposure(self.step_log, mqc.identity(), m["settings"]["lr"])
+            ),
         }
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io import read_json, write_json
+from ..io import read_json, sha256_json, write_json
 from .codebooks import QUANTIZERS
 from .config import FIELD_CHOICES, FIELDS, QuantConfig
 from .targets import QuantTarget
@@ -80,6 +80,13 @@ class ModelQConfig:
     def key(self) -> tuple:
         """Hashable identity (duplicate detection): quantizer + every module's option."""
         return (self.quantizer, tuple((n, qc.index) for n, qc in self.modules.items()))
+
+    def identity(self) -> str:
+        """sha256 of the quantizer and every module's configuration: what a record's
+        ``hashes.qconfig`` and the training log's drawn configurations are (names, budgets
+        and other labels do not count)."""
+        modules = {name: qc.to_dict() for name, qc in self.modules.items()}
+        return sha256_json({"quantizer": self.quantizer, "modules": modules})
 
     def check_targets(self, targets: list[QuantTarget], source: str = "configuration") -> None:
         """Raise a one-line ``ValueError`` unless the module names equal the model's."""
