@@ -253,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--replicates", type=int, default=1000, help="paired bootstrap draws of the test examples"
     )
+    t.add_argument(
+        "--curves", nargs="*", help="the runs' snapshot records (the settled gate, claims.md)"
+    )
+    f = kinds.add_parser(
+        "learning-curve", help="metric vs optimizer steps per evaluated budget, one line per method"
+    )
+    f.add_argument("results", nargs="+", help="final evaluation JSON files")
+    f.add_argument("--curves", nargs="*", help="the runs' snapshot records")
+    f.add_argument("--out", required=True, help="PNG to write")
+    f.add_argument("--svg", help="SVG to write too")
+    f.add_argument("--title", default="")
     for kind, what in [
         ("pareto", "metric vs average bits, one line per method"),
         ("seen-unseen", "metric vs average bits, seen (filled) vs unseen (hollow) configurations"),

@@ -20,6 +20,7 @@ never the other way round). This package re-exports the names other modules and 
 
 from .figures import (
     FIGURES,
+    learning_curve_figure,
     pareto_figure,
     pyplot,
     search_ablation_figure,
@@ -61,6 +62,7 @@ from .tables import (
 __all__ = [
     "CAUSAL_COLUMNS",
     "FIGURES",
+    "learning_curve_figure",
     "GROUP_KEYS",
     "MAX_BITS",
     "MIN_BITS",

@@ -54,16 +54,25 @@ def report_from_cli(args) -> None:
             print(f"wrote {out / name}.csv/.md: {len(table)} rows")
     elif args.report == "claims":
         book = claims.load_claims()
-        table, diagnostics = claims.evaluate_claims(results, book, replicates=args.replicates)
+        curves = read_results(args.curves) if args.curves else None
+        table, diagnostics = claims.evaluate_claims(
+            results, book, replicates=args.replicates, curves=curves
+        )
         summary = claims.claims_summary(table, book)
         write_table(table, args.out)
         if args.markdown:
-            text = claims_report.claims_markdown(table, summary, diagnostics, book)
+            curve = None
+            if curves is not None:
+                curve = claims.snapshot_effects(results, curves, book, args.replicates)
+            text = claims_report.claims_markdown(table, summary, diagnostics, book, curve)
             with atomic_path(args.markdown, suffix=".md") as tmp:
                 tmp.write_text(text)
         for row in summary.itertuples(index=False):
             print(f"{row.claim}: {row.verdict} ({row.tests} tests)")
         print(f"wrote {args.out}: {len(table)} rows")
+    elif args.report == "learning-curve":
+        curves = read_results(args.curves) if args.curves else None
+        write_figure(report.learning_curve_figure(results, curves, args.title), args.out, args.svg)
     else:
         write_figure(report.FIGURES[args.report](results, args.title), args.out, args.svg)
         print(f"wrote {args.out}")

@@ -3,6 +3,8 @@
 - ``pareto_figure``: one line per method.
 - ``seen_unseen_figure``: the methods evaluated on unseen configurations (and ``none``).
 - ``search_ablation_figure``: one line per CoA-LoRA label with differing search modes.
+- ``learning_curve_figure``: metric vs optimizer steps (snapshots and the end), one panel per
+  group and evaluated configuration, one line per method.
 
 Lines go through the mean over seeds (geometric for perplexity) with bars from the lowest to
 the highest seed; filled markers for seen configurations, hollow for unseen. matplotlib is
@@ -145,6 +147,73 @@ def search_ablation_figure(results: pd.DataFrame, title: str = ""):
         if lines:
             panels.append((group, lines))
     return _group_figure(panels, title, TABLES["search"][1])
+
+
+def learning_curve_figure(results: pd.DataFrame, curves: pd.DataFrame | None, title: str = ""):
+    """The learning curves: the primary metric against optimizer steps, at every snapshot
+    (``curves``) and at the end, one row of panels per group and one panel per evaluated
+    (seen) configuration, one line per method through its seed means (geometric for
+    perplexity) with bars from the lowest to the highest seed; the unadapted base dashed; a log
+    axis where the values span a decade or more."""
+    frames = [results] if curves is None or curves.empty else [results, curves]
+    rows_of = {}
+    for group in experiment_groups(pd.concat(frames, ignore_index=True)):
+        q = quantized(group.rows)
+        q = q[~q["unseen"]]
+        for config, rows in q.groupby("config_name", sort=False):
+            rows_of.setdefault(tuple(group.key.values()), []).append((group, config, rows))
+    plt = pyplot()
+    n_rows = max(len(rows_of), 1)
+    n_cols = max([len(v) for v in rows_of.values()], default=1)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(4.8 * n_cols, 3.8 * n_rows), dpi=120, squeeze=False
+    )
+    if not rows_of:
+        axes[0][0].text(0.5, 0.5, "no data: no trained evaluations", ha="center", va="center")
+    for ax_row, panels in zip(axes, rows_of.values(), strict=False):
+        for ax, (group, config, rows) in zip(ax_row, sorted(panels, key=_by_bits), strict=False):
+            _plot_curves(ax, group, rows)
+            bits = rows["avg_bits"].iloc[0]
+            ax.set_title(
+                f"{title} {group.model} / {group.task} / {group.quantizer}\n{config} "
+                f"({bits:.2f} bits)".strip(), fontsize=9,
+            )  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def _by_bits(panel) -> float:
+    return float(panel[2]["avg_bits"].iloc[0])
+
+
+def _plot_curves(ax, group: Group, rows: pd.DataFrame) -> None:
+    higher = group.higher_is_better
+    values = []
+    for method, mine in rows.groupby("method", sort=True):
+        if method == "none":
+            ax.axhline(mine["value"].mean(), color="gray", ls="--", lw=1, label="unadapted base")
+            values += list(mine["value"])
+            continue
+        trained = mine.dropna(subset=["train_steps"])
+        points = seed_summary(trained.assign(config_name=trained["train_steps"]), higher)
+        points = points.assign(steps=points.index.astype(float)).sort_values("steps")
+        seeds = int(points["n_seeds"].max()) if len(points) else 0
+        label = f"{method} ({seeds} seeds)" if seeds > 1 else method
+        line = ax.plot(points["steps"], points["value"], marker="o", label=label, alpha=0.8)[0]
+        if seeds > 1:
+            ax.errorbar(
+                points["steps"], points["value"],
+                yerr=[points["value"] - points["low"], points["high"] - points["value"]],
+                fmt="none", ecolor=line.get_color(), alpha=0.6, capsize=3,
+            )  # fmt: skip
+        values += list(points["low"]) + list(points["high"])
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) >= 10:
+        ax.set_yscale("log")  # values spanning a decade or more
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel(group.metric + ("" if higher else " (lower is better)"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 FIGURES = {

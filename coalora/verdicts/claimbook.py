@@ -126,12 +126,24 @@ class ClaimBook:
     ceiling: str = ""  # the full-precision LoRA method label (sensitivity diagnostic)
     min_effect: dict[str, str] = field(default_factory=dict)  # "higher"/"lower" -> margin
     planning: dict = field(default_factory=dict)
+    # the settled gate: {"snapshot": fraction, "tolerance": {statistic: margin name(s)}}
+    settled: dict = field(default_factory=dict)
 
     def min_effect_of(self, group: report.Group) -> Margin:
         return self.margins[self.min_effect["higher" if group.higher_is_better else "lower"]]
 
+    def settle_tolerance(self, statistic: str, group: report.Group) -> Margin | None:
+        """How far a test's effect may move from the half-way snapshot to the end and count
+        as settled (None: the statistic is not gated, e.g. a time ratio)."""
+        name = self.settled["tolerance"].get(statistic)
+        if isinstance(name, dict):
+            name = name["higher" if group.higher_is_better else "lower"]
+        return None if name is None else self.margins[name]
 
-BOOK_KEYS = {"paper_table1", "paper_scale", "margins", "sensitivity", "planning", "claims"}
+
+BOOK_KEYS = {
+    "paper_table1", "paper_scale", "margins", "sensitivity", "settled", "planning", "claims",
+}  # fmt: skip
 PLANNING_KEYS = {"power", "max_seeds", "max_test_examples"}
 
 
@@ -176,7 +188,25 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimBook:
     for kind, name in sensitivity["min_effect"].items():
         if name not in margins:
             raise ValueError(f"{path}: sensitivity.min_effect.{kind}: unknown margin {name!r}")
+    settled = _checked_settled(data["settled"], margins, path)
     return ClaimBook(
         tuple(claims), data["paper_table1"], data["paper_scale"], margins,
-        sensitivity["ceiling"], dict(sensitivity["min_effect"]), dict(planning),
+        sensitivity["ceiling"], dict(sensitivity["min_effect"]), dict(planning), settled,
     )  # fmt: skip
+
+
+def _checked_settled(settled, margins: dict, path) -> dict:
+    if not isinstance(settled, dict) or set(settled) != {"snapshot", "tolerance"}:
+        raise ValueError(f"{path}: settled needs exactly snapshot and tolerance")
+    if not 0 < float(settled["snapshot"]) < 1:
+        raise ValueError(f"{path}: settled.snapshot must be a fraction in (0, 1)")
+    for statistic, name in settled["tolerance"].items():
+        if statistic not in STATISTICS:
+            raise ValueError(f"{path}: settled.tolerance: unknown statistic {statistic!r}")
+        names = list(name.values()) if isinstance(name, dict) else [name]
+        if isinstance(name, dict) and set(name) != {"higher", "lower"}:
+            raise ValueError(f"{path}: settled.tolerance.{statistic}: needs higher and lower")
+        for each in names:
+            if each not in margins:
+                raise ValueError(f"{path}: settled.tolerance.{statistic}: unknown margin {each!r}")
+    return {"snapshot": float(settled["snapshot"]), "tolerance": dict(settled["tolerance"])}

@@ -37,11 +37,22 @@ from . import power
 from .claimbook import COMPARABLE, READINGS, SUPERIOR, Claim, ClaimBook, ClaimTest, load_claims
 from .paper import format_value, paper_position, paper_text, paper_values
 from .sensitivity import Sensitivity, diagnose
-from .stats import BOOTSTRAP_REPLICATES, Interval, interval_of, log_ratio_interval, resampled_values
+from .settled import (
+    NO_CURVE,
+    NOT_GATED,
+    SETTLED,
+    Settling,
+    at_snapshot,
+    exposure_share,
+    exposure_text,
+    settle,
+    snapshot_fractions,
+    steps_text,
+)
+from .stats import BOOTSTRAP_REPLICATES, Interval, combine, log_ratio_interval, resampled_values
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive at this scale"
 NOT_TESTED = "not tested at this scale"
-NOT_GATED = "not gated"  # the `sensitivity` of a test that is not about configuration-awareness
 PAPER_K = 2  # configurations per CoA-LoRA step in the paper
 
 
@@ -122,6 +133,30 @@ class GroupEvidence:
                     )
         return sides
 
+    def test_sides(
+        self, test: ClaimTest
+    ) -> list[tuple[str, pd.DataFrame, str | None, pd.DataFrame | None]]:
+        """A test's comparisons in this group: (a name, a rows, b name, b rows), b None for a
+        one-sided statistic; none when a side is missing."""
+        if test.per_rank:
+            return self.rank_sides(test.a)
+        if test.b is None:
+            name, rows = self.side(test.a)
+            return [(name, rows, None, None)] if len(rows) else []
+        (a_name, a), (b_name, b) = self.side(test.a), self.side(test.b)
+        return [(a_name, a, b_name, b)] if len(a) and len(b) else []
+
+    def statistic(self, test: ClaimTest, a, b, seeds, matrix: bool = False):
+        """The test's statistic on sides ``a``, ``b`` at ``seeds``: the interval, or the
+        per-seed effect matrix (``matrix``; not for a time ratio, which has no test sample)."""
+        if test.statistic == "time_ratio":
+            if matrix:
+                raise ValueError("a time ratio has no per-example effects")
+            return time_ratio(a, b, seeds)
+        if test.statistic == "unseen_gap":
+            return self.unseen_gap(a, seeds, matrix)
+        return getattr(self, test.statistic)(a, b, seeds, matrix)
+
     def side(self, spec) -> tuple[str, pd.DataFrame]:
         if isinstance(spec, str):
             return spec, self.label_rows(spec)
@@ -132,15 +167,20 @@ class GroupEvidence:
         raise ValueError(f"claims: cannot resolve side {spec!r}")
 
     # -- statistics: each prepares per-seed arrays once, then loops over value columns
-    def _per_seed(self, seeds, prepare, effect) -> Interval:
-        """``prepare(seed)`` -> arrays of that seed; ``effect(arrays, column)`` -> float."""
+    def _per_seed(self, seeds, prepare, effect, matrix: bool = False):
+        """``prepare(seed)`` -> arrays of that seed; ``effect(arrays, column)`` -> float. The
+        interval, or with ``matrix`` the per-seed effects under each value column (seeds x
+        columns, what ``stats.combine`` takes: the settled gate differences two of them)."""
         prepared = {s: prepare(s) for s in seeds}
-        return interval_of(lambda s, c: effect(prepared[s], c), seeds, self.columns)
+        per_seed = np.array(
+            [[effect(prepared[s], c) for c in range(self.columns)] for s in seeds], dtype=float
+        )
+        return per_seed if matrix else combine(per_seed)
 
     def _scale(self, values):
         return report.gap_scale(values, self.group.higher_is_better)
 
-    def hv_diff(self, a: pd.DataFrame, b: pd.DataFrame, seeds) -> Interval:
+    def hv_diff(self, a: pd.DataFrame, b: pd.DataFrame, seeds, matrix: bool = False):
         higher, worst = self.group.higher_is_better, self.group.worst
 
         def prepare(seed):
@@ -152,9 +192,9 @@ class GroupEvidence:
             hv_a = report.hv_of(bits_a, self.values[ia, column], higher, worst)
             return hv_a - report.hv_of(bits_b, self.values[ib, column], higher, worst)
 
-        return self._per_seed(seeds, prepare, effect)
+        return self._per_seed(seeds, prepare, effect, matrix)
 
-    def gap(self, a: pd.DataFrame, b: pd.DataFrame, seeds) -> Interval:
+    def gap(self, a: pd.DataFrame, b: pd.DataFrame, seeds, matrix: bool = False):
         def prepare(seed):
             a_s = a[a["seed"] == seed].set_index("config_name")
             b_s = b[b["seed"] == seed].set_index("config_name")
@@ -168,7 +208,7 @@ class GroupEvidence:
             diff = self._scale(self.values[ia, column]) - self._scale(self.values[ib, column])
             return float(diff.mean())
 
-        return self._per_seed(seeds, prepare, effect)
+        return self._per_seed(seeds, prepare, effect, matrix)
 
     def unseen_seeds(self, a: pd.DataFrame, seeds) -> list[int]:
         """The seeds at which some unseen configuration lies inside the seen bit range (a
@@ -184,7 +224,7 @@ class GroupEvidence:
                 out.append(seed)
         return out
 
-    def unseen_gap(self, a: pd.DataFrame, seeds) -> Interval:
+    def unseen_gap(self, a: pd.DataFrame, seeds, matrix: bool = False):
         def prepare(seed):
             rows = a[a["seed"] == seed]
             seen, unseen = rows[~rows["unseen"]], rows[rows["unseen"]]
@@ -196,7 +236,7 @@ class GroupEvidence:
             y_unseen = self._scale(self.values[unseen_rows, column])
             return report.matched_difference(seen_bits, y_seen, unseen_bits, y_unseen)[1]
 
-        return self._per_seed(seeds, prepare, effect)
+        return self._per_seed(seeds, prepare, effect, matrix)
 
 
 def time_ratio(a: pd.DataFrame, b: pd.DataFrame, seeds) -> Interval:
@@ -290,7 +330,8 @@ PLAN_COLUMNS = [
 CLAIM_COLUMNS = [
     "claim", "test", "model", "task", "quantizer", "comparison", "statistic", "unit",
     "paper", "paper_position", "effect", "low", "high", "reading", "relation", "threshold",
-    "margin", "smallest_margin", "verdict", "decides", "sensitivity", "noise", "n_seeds",
+    "margin", "smallest_margin", "verdict", "decides", "sensitivity", "trained", "settling",
+    "exposure", "exposure_a", "exposure_b", "noise", "n_seeds",
     "to_decide", *PLAN_COLUMNS, "se_seed", "se_test", "n_test", "max_test", *power.SECONDS,
     "scale", "deviations",
 ]  # fmt: skip
@@ -327,6 +368,7 @@ class GroupContext:
     evidence: GroupEvidence
     sensitivity: Sensitivity
     max_examples: int
+    half: GroupEvidence | None = None  # the half-way snapshot's records (the settled gate)
 
 
 def _sensitivity_text(claim, test, context, raw_verdict) -> str:
@@ -336,6 +378,24 @@ def _sensitivity_text(claim, test, context, raw_verdict) -> str:
     if context.sensitivity.flat and raw_verdict != INCONCLUSIVE:
         text += f" (the interval alone: {raw_verdict})"
     return text
+
+
+def _settling(test, context, book, sides, half_sides, seeds) -> Settling:
+    """The settled gate of one comparison (``coalora.verdicts.settled``)."""
+    a_name, a, b_name, b = sides
+    tolerance = book.settle_tolerance(test.statistic, context.evidence.group)
+    if tolerance is None:
+        return Settling(NOT_GATED)
+    if (a_name, b_name) not in half_sides:
+        return Settling(NO_CURVE)
+    ha, hb = half_sides[(a_name, b_name)]
+    common = [s for s in seeds if s in set(_common_seeds(*([ha] if hb is None else [ha, hb])))]
+    if len(common) != len(seeds):
+        return Settling(NO_CURVE)
+    final = context.evidence.statistic(test, a, b, seeds, matrix=True)
+    half = context.half.statistic(test, ha, hb, seeds, matrix=True)
+    steps = steps_text(pd.concat([a, b]), pd.concat([ha, hb]))
+    return settle(final, half, tolerance.value, steps)
 
 
 def _to_decide(test, interval, statistic, threshold, paper, components, book) -> dict:
@@ -377,14 +437,10 @@ def rows_of_test(
     and reading."""
     evidence = context.evidence
     g = evidence.group
-    if test.per_rank:
-        sides = evidence.rank_sides(test.a)
-    elif test.b is None:
-        name, rows = evidence.side(test.a)
-        sides = [(name, rows, None, None)] if len(rows) else []
-    else:
-        (a_name, a), (b_name, b) = evidence.side(test.a), evidence.side(test.b)
-        sides = [(a_name, a, b_name, b)] if len(a) and len(b) else []
+    sides = evidence.test_sides(test)
+    half_sides = {(an, bn): (ha, hb) for an, ha, bn, hb in context.half.test_sides(test)} if (
+        context.half is not None
+    ) else {}  # fmt: skip
     out = []
     paper = paper_values(test, book)
     for a_name, a, b_name, b in sides:
@@ -394,14 +450,11 @@ def rows_of_test(
             seeds = evidence.unseen_seeds(a, seeds)
         if not seeds:
             continue
-        if test.statistic == "time_ratio":
-            interval = time_ratio(a, b, seeds)
-        elif test.statistic == "unseen_gap":
-            interval = evidence.unseen_gap(a, seeds)
-        else:
-            interval = getattr(evidence, test.statistic)(a, b, seeds)
+        interval = evidence.statistic(test, a, b, seeds)
         if not math.isfinite(interval.effect):
             continue
+        settling = _settling(test, context, book, (a_name, a, b_name, b), half_sides, seeds)
+        exposed = [(a_name, a)] + ([] if b is None else [(b_name, b)])
         both = pd.concat(frames)
         evaluated = test.statistic != "time_ratio"  # a time ratio has no test sample
         n_test = power.measured_examples(both) if evaluated else 0
@@ -431,13 +484,20 @@ def rows_of_test(
             "max_test": components.max_test,
             **{name: getattr(components, name) for name in power.SECONDS},
             "scale": scale_of(evidence, both[both["seed"].isin(seeds)], seeds),
+            "trained": settling.state,
+            "exposure": "; ".join(
+                exposure_text(name, rows[rows["seed"].isin(seeds)]) for name, rows in exposed
+            ),
+            "exposure_a": exposure_share(a[a["seed"].isin(seeds)]),
+            "exposure_b": math.nan if b is None else exposure_share(b[b["seed"].isin(seeds)]),
             "deviations": deviations([(a_name, a)] + ([] if b is None else [(b_name, b)])),
         }
         readings = test.readings(book.margins, g)
         for reading, threshold, margin in readings:
             raw = verdict(interval, test.relation, threshold)
             gated_out = claim.gates(test) and context.sensitivity.flat
-            final = INCONCLUSIVE if gated_out else raw
+            unsettled = settling.state not in (SETTLED, NOT_GATED)
+            final = INCONCLUSIVE if gated_out or unsettled else raw
             row = {
                 **common,
                 "reading": reading,
@@ -450,6 +510,8 @@ def rows_of_test(
                 "verdict": final,
                 "decides": reading == readings[-1][0],  # the paper's wording: the weakest
                 "sensitivity": _sensitivity_text(claim, test, context, raw),
+                "settling": settling.text()
+                + (f" (the interval alone: {raw})" if unsettled and raw != INCONCLUSIVE else ""),
                 **dict.fromkeys(PLAN_COLUMNS, math.nan),
             }  # fmt: skip
             if final != INCONCLUSIVE:
@@ -469,11 +531,20 @@ def rows_of_test(
 
 
 def evaluate_claims(
-    results: pd.DataFrame, book: ClaimBook | None = None, replicates: int = BOOTSTRAP_REPLICATES
+    results: pd.DataFrame,
+    book: ClaimBook | None = None,
+    replicates: int = BOOTSTRAP_REPLICATES,
+    curves: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[Sensitivity]]:
     """The claims table (one row per claim test, group, comparison and reading: effect,
-    interval, verdict, scale, what deciding would take) and each group's sensitivity."""
+    interval, verdict, scale, whether training settled, exposure, what deciding would take)
+    and each group's sensitivity. ``curves``: the runs' snapshot records (their learning
+    curves), which the settled gate reads; without them no test is settled."""
     book = book or load_claims()
+    half_groups = {}
+    if curves is not None and book.settled["snapshot"] in snapshot_fractions(curves):
+        half = at_snapshot(results, curves, book.settled["snapshot"])
+        half_groups = {tuple(g.key.values()): g for g in report.experiment_groups(half)}
     rows, diagnostics = [], []
     for group in report.experiment_groups(results):
         if report.quantized(group.rows).empty:
@@ -489,13 +560,52 @@ def evaluate_claims(
                     replicates,
                 )  # fmt: skip
                 cap = book.planning["max_test_examples"]
+                half_group = half_groups.get(tuple(group.key.values()))
                 context = GroupContext(
-                    evidence, diagnostic, power.available_examples(evidence.rows, cap)
-                )
+                    evidence, diagnostic, power.available_examples(evidence.rows, cap),
+                    None if half_group is None else GroupEvidence(half_group, replicates),
+                )  # fmt: skip
                 diagnostics.append(diagnostic)
             for index, test in enumerate(claim.tests):
                 rows += rows_of_test(claim, index, test, context, book)
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS), diagnostics
+
+
+CURVE_COLUMNS = [
+    "test", *report.GROUP_KEYS, "comparison", "reading", "unit", "fraction", "steps", "effect",
+    "low", "high", "n_seeds",
+]  # fmt: skip
+
+
+def snapshot_effects(
+    results: pd.DataFrame,
+    curves: pd.DataFrame,
+    book: ClaimBook | None = None,
+    replicates: int = BOOTSTRAP_REPLICATES,
+) -> pd.DataFrame:
+    """Each test's deciding reading at every snapshot and at the end (``fraction`` 1): its
+    effect and interval computed from the records as they stood then
+    (``settled.at_snapshot``), as the claims table computes them at the end."""
+    book = book or load_claims()
+    rows = []
+    for fraction in [*snapshot_fractions(curves), 1.0]:
+        records = results if fraction == 1.0 else at_snapshot(results, curves, fraction)
+        table, _ = evaluate_claims(records, book, replicates)
+        steps = _group_steps(records)
+        for r in table[table["decides"].astype(bool)].to_dict("records"):
+            key = tuple(r[k] for k in report.GROUP_KEYS)
+            rows.append({**{c: r.get(c) for c in CURVE_COLUMNS}, "fraction": fraction,
+                         "steps": steps.get(key, "")})  # fmt: skip
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _group_steps(records: pd.DataFrame) -> dict[tuple, str]:
+    """Per group key, the optimizer steps its trained records had (several: joined by /)."""
+    trained = records.dropna(subset=["train_steps"])
+    return {
+        key: "/".join(str(int(s)) for s in sorted(set(rows["train_steps"])))
+        for key, rows in trained.groupby(list(report.GROUP_KEYS))
+    }
 
 
 def claims_table(

@@ -76,11 +76,72 @@ def _sensitivity_section(diagnostics: list[Sensitivity], book: ClaimBook) -> lis
     return lines
 
 
+def _trained_section(table: pd.DataFrame, curve: pd.DataFrame | None) -> list[str]:
+    """Per group: each test's effect at every snapshot and at the end, whether it settled,
+    and each side's exposure."""
+    lines = ["", "## Trained far enough?", ""]
+    lines += [
+        "Each test's effect [95% interval] from the records as they stood at each snapshot of "
+        "every run and at the end (the same test examples; lm-eval tasks left out of the "
+        "snapshots). `trained`: *settled* when the change from the half-way snapshot to the "
+        "end lies inside the statistic's tolerance (docs/claims.md), *still moving* otherwise: "
+        "such a test gives no verdict, and `settling` says what the interval alone would have "
+        "said. `exposure`: the optimizer steps each side trained on the evaluated "
+        "configurations (mean per configuration and seed), and the same weighted by learning "
+        "rate and loss share.",
+    ]
+    deciding = table[table["decides"].astype(bool)]
+    for key, rows in deciding.groupby(list(report.GROUP_KEYS), sort=True):
+        lines += ["", f"### {' / '.join(key)}", ""]
+        fractions = [] if curve is None else sorted(set(curve["fraction"]))
+        mine = pd.DataFrame() if curve is None else curve
+        if len(mine):
+            mine = mine[
+                (
+                    mine[list(report.GROUP_KEYS)]
+                    == pd.Series(dict(zip(report.GROUP_KEYS, key, strict=True)))
+                ).all(axis=1)
+            ]
+        heads = []
+        for f in fractions:
+            at = mine[mine["fraction"] == f]["steps"]
+            step = at.iloc[0] if len(at) else "?"
+            heads.append(("end" if f == 1.0 else f"at {f:g}") + f" (step {step})")
+        lines.append(
+            "| test | comparison | "
+            + " | ".join(heads)
+            + (" | " if heads else "")
+            + "trained | settling | exposure |"
+        )
+        lines.append("|---" * (5 + len(heads)) + "|")
+        for r in rows.itertuples(index=False):
+            cells = []
+            for f in fractions:
+                at = mine[(mine["fraction"] == f) & (mine["test"] == r.test)
+                          & (mine["comparison"] == r.comparison)]  # fmt: skip
+                if at.empty:
+                    cells.append("n/a")
+                    continue
+                c = at.iloc[0]
+                cells.append(
+                    f"{_number(c['effect'], r.unit)} [{_number(c['low'], r.unit)}, "
+                    f"{_number(c['high'], r.unit)}]"
+                )
+            lines.append(
+                f"| {r.test} | {r.comparison} | "
+                + " | ".join(cells)
+                + (" | " if cells else "")
+                + f"{r.trained} | {r.settling} | {r.exposure} |"
+            )
+    return lines
+
+
 def claims_markdown(
     table: pd.DataFrame,
     summary: pd.DataFrame,
     diagnostics: list[Sensitivity] = (),
     book: ClaimBook | None = None,
+    curve: pd.DataFrame | None = None,
 ) -> str:
     book = book or load_claims()
     lines = ["# The paper's claims at this scale", "", CLAIMS_NOTE]
@@ -110,6 +171,7 @@ def claims_markdown(
             f"{r.noise} | {r.deviations} |"
         )
     lines += _sensitivity_section(list(diagnostics), book)
+    lines += _trained_section(table, curve)
     open_rows = table[table["to_decide"] != "decided"]
     lines += ["", "## To decide", ""]
     lines += [

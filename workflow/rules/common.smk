@@ -6,9 +6,13 @@ from snakemake.settings.types import DeploymentMethod
 
 from coalora import forkserver
 from coalora.methods import method_traits
-from coalora.train import TrainSettings
+from coalora.train import TrainSettings, snapshot_name, snapshot_plan
 
 RESULTS = config.get("results", "results")
+# Fractions of every run's steps at which it is snapshotted and evaluated (its learning curve;
+# coalora.train.snapshot_plan): the same for every method, so one file name per snapshot.
+SNAPSHOTS = sorted(set(config["snapshots"]))
+CURVE_NAMES = [snapshot_name(f) for f in SNAPSHOTS]
 SEEDS = config.get("seeds", [0])
 QUANTIZER = config.get("quantizer", "nf")
 EXPERIMENTS = list(config["experiments"])
@@ -141,6 +145,18 @@ def steps_for(exp, label):
     return steps[method]
 
 
+def _check_snapshots():
+    for exp in EXPERIMENTS:
+        for label in exp_methods(exp):
+            try:
+                snapshot_plan(steps_for(exp, label), SNAPSHOTS)
+            except ValueError as err:
+                raise WorkflowError(f"experiment {exp!r}, {label!r}: {err}") from None
+
+
+_check_snapshots()
+
+
 def labels_where(kind):
     """Labels of any experiment for which ``kind(exp, label)`` holds (a rule's wildcard)."""
     return sorted({m for exp in EXPERIMENTS for m in exp_methods(exp) if kind(exp, m)})
@@ -217,6 +233,27 @@ def eval_path(exp, method, seed, cfg):
     return f"{RESULTS}/{exp}/{method}/s{seed}/eval/{cfg}.json"
 
 
+def curve_dir(exp, method, seed):
+    """Where a run's snapshot records go: curve/<snapshot>/<cfg>.json beside eval/."""
+    return f"{RESULTS}/{exp}/{method}/s{seed}/curve"
+
+
+def curve_flag(exp, method, seed):
+    return f"--snapshots-out {curve_dir(exp, method, seed)}" if CURVE_NAMES else ""
+
+
+def all_curve_records(exp):
+    """Every snapshot record of an experiment: each trained label's evaluations, at each
+    snapshot (the unadapted base trains nothing)."""
+    return [
+        f"{curve_dir(exp, method, seed)}/{name}/{cfg}.json"
+        for seed in seeds_of(exp)
+        for method in exp_methods(exp)
+        for cfg in cfgs_for(exp, method)
+        for name in CURVE_NAMES
+    ]
+
+
 def labels_at(exp, seed):
     """Method labels evaluated at one seed: every label at every seed; the unadapted base
     `none` (a reference row that trains nothing and enters no claim) at the first seed only."""
@@ -240,6 +277,8 @@ def train_flags(exp, label, seed):
     the seed."""
     variant = exp_conf(exp).get("variants", {}).get(label, {})
     settings = dict(exp_conf(exp).get("train", {}), **variant.get("train", {}), seed=int(seed))
+    if SNAPSHOTS:
+        settings["snapshots"] = SNAPSHOTS
     dtype = settings.pop("compute_dtype", config["compute_dtype"])
     if dtype != "auto":  # auto is the CLI's default: the default's commands stay as they were
         settings["compute_dtype"] = dtype
@@ -305,6 +344,10 @@ def every_evaluation(w=None):
     return [f for exp in EXPERIMENTS for f in all_evaluations(exp)]
 
 
+def every_curve_record(w=None):
+    return [f for exp in EXPERIMENTS for f in all_curve_records(exp)]
+
+
 def search_variants(exp):
     """CoA-LoRA labels of an experiment whose search mode is set (the search ablation)."""
     return [
@@ -319,6 +362,7 @@ def figure_outputs():
     files = []
     for exp in EXPERIMENTS:
         kinds = ["pareto", "seen_unseen"] + (["search_ablation"] if search_variants(exp) else [])
+        kinds += ["learning_curve"] if CURVE_NAMES else []
         files += [f"{RESULTS}/figures/{exp}_{k}.{ext}" for k in kinds for ext in ("png", "svg")]
     return files
 

@@ -20,7 +20,8 @@ for _exp in EXPERIMENTS:
             checkpoint=f"{RESULTS}/{_exp}/{{method}}/s{{seed}}/checkpoint",
             qconfigs=[f"{RESULTS}/{_exp}/qconfigs/{cfg}.json" for cfg in _cfgs],
         output:
-            [f"{RESULTS}/{_exp}/{{method}}/s{{seed}}/eval/{cfg}.json" for cfg in _cfgs],
+            [f"{RESULTS}/{_exp}/{{method}}/s{{seed}}/eval/{cfg}.json" for cfg in _cfgs]
+            + [f"{RESULTS}/{_exp}/{{method}}/s{{seed}}/curve/{n}/{c}.json" for n in CURVE_NAMES for c in _cfgs],
         wildcard_constraints:
             method="|".join(_shared) if _shared else "^$",
         benchmark:
@@ -29,6 +30,7 @@ for _exp in EXPERIMENTS:
             cli=COALORA,
             flags=lambda w, _exp=_exp: eval_flags(_exp, w.seed),
             out_dir=lambda w, _exp=_exp: f"{RESULTS}/{_exp}/{w.method}/s{w.seed}/eval",
+            curve=lambda w, _exp=_exp: curve_flag(_exp, w.method, w.seed),
         threads: resources_for(_exp, "evaluate").get("threads", 1)
         resources:
             mem_mb=resources_for(_exp, "evaluate").get("mem_mb", 8000),
@@ -40,7 +42,8 @@ for _exp in EXPERIMENTS:
             CONDA_ENV
         shell:
             "{params.cli} evaluate --checkpoint {input.checkpoint} --qconfigs {input.qconfigs} "
-            "--label {wildcards.method} {params.flags} --out-dir {params.out_dir} 2> {log}"
+            "--label {wildcards.method} {params.flags} --out-dir {params.out_dir} {params.curve} "
+            "2> {log}"
 
     rule:
         name:

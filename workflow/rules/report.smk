@@ -29,7 +29,8 @@ rule claims:
     """Verdicts on the paper's claims (coalora/verdicts/claims.yaml), with 95% intervals over seeds
     and test samples."""
     input:
-        every_evaluation(),
+        records=every_evaluation(),
+        curves=every_curve_record(),
     output:
         csv=report(
             f"{RESULTS}/claims.csv",
@@ -46,7 +47,33 @@ rule claims:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} report claims --out {output.csv} --markdown {output.md} {input} 2> {log}"
+        "{params.cli} report claims --out {output.csv} --markdown {output.md} {input.records} "
+        "--curves {input.curves} 2> {log}"
+
+
+rule learning_curve_figure:
+    """The metric against optimizer steps (every snapshot and the end), per evaluated budget."""
+    input:
+        records=lambda w: all_evaluations(w.exp),
+        curves=lambda w: all_curve_records(w.exp),
+    output:
+        png=report(
+            f"{RESULTS}/figures/{{exp}}_learning_curve.png",
+            caption="../report/learning_curve.rst",
+            category="Figures",
+        ),
+        svg=f"{RESULTS}/figures/{{exp}}_learning_curve.svg",
+    params:
+        cli=COALORA,
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/figure-learning-curve.tsv",
+    log:
+        f"{RESULTS}/logs/{{exp}}/figure-learning-curve.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.cli} report learning-curve --title {wildcards.exp} --out {output.png} "
+        "--svg {output.svg} {input.records} --curves {input.curves} 2> {log}"
 
 
 rule pareto_figure:

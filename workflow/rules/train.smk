@@ -53,6 +53,7 @@ rule train_per_config:
     output:
         checkpoint=directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/{{cfg}}/checkpoint"),
         evaluation=f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/eval/{{cfg}}.json",
+        curve=[f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/curve/{n}/{{cfg}}.json" for n in CURVE_NAMES],
     wildcard_constraints:
         method=label_pattern(per_config),
     benchmark:
@@ -66,6 +67,7 @@ rule train_per_config:
         settings=lambda w: train_flags(w.exp, w.method, w.seed),
         data=lambda w: data_flags(w.exp),
         eval=lambda w: eval_flags(w.exp, w.seed),
+        curve=lambda w: curve_flag(w.exp, w.method, w.seed),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
@@ -79,7 +81,7 @@ rule train_per_config:
         "{params.cli} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} --qconfig {input.qconfig} {params.settings} {params.data} "
         "--out {output.checkpoint} --evaluate-out {output.evaluation} "
-        "--label {wildcards.method} {params.eval} 2> {log}"
+        "--label {wildcards.method} {params.eval} {params.curve} 2> {log}"
 
 
 rule train_own_config:
@@ -90,6 +92,7 @@ rule train_own_config:
     output:
         checkpoint=directory(f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/{{cfg}}/checkpoint"),
         evaluation=f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/eval/{{cfg}}.json",
+        curve=[f"{RESULTS}/{{exp}}/{{method}}/s{{seed}}/curve/{n}/{{cfg}}.json" for n in CURVE_NAMES],
     wildcard_constraints:
         method=label_pattern(own_config),
         cfg="|".join(OWN_CONFIG_LABEL.values()),
@@ -104,6 +107,7 @@ rule train_own_config:
         settings=lambda w: train_flags(w.exp, w.method, w.seed),
         data=lambda w: data_flags(w.exp),
         eval=lambda w: eval_flags(w.exp, w.seed),
+        curve=lambda w: curve_flag(w.exp, w.method, w.seed),
     threads: lambda w: resources_for(w.exp, "train").get("threads", 1)
     resources:
         mem_mb=lambda w: resources_for(w.exp, "train").get("mem_mb", 8000),
@@ -117,4 +121,4 @@ rule train_own_config:
         "{params.cli} train --model {params.model} --task {params.task} --method {params.method} "
         "--steps {params.steps} {params.settings} {params.data} "
         "--out {output.checkpoint} --evaluate-out {output.evaluation} "
-        "--label {wildcards.method} {params.eval} 2> {log}"
+        "--label {wildcards.method} {params.eval} {params.curve} 2> {log}"
