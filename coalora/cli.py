@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out-dir", required=True, help="folder for <table>.csv and <table>.md")
     t.add_argument("--reference", default=None, help="method of the Acc. gap (default: QLoRA)")
+    t.add_argument(
+        "--curves", nargs="*", help="the runs' snapshot records (the paper table's verdicts)"
+    )
     t = kinds.add_parser("claims", help="verdicts on the paper's claims, with 95%% intervals")
     t.add_argument("results", nargs="+", help="evaluation JSON files")
     t.add_argument("--out", required=True, help="CSV to write (one row per claim test)")

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from . import precision
 from .io import atomic_dir, atomic_path, read_json, write_json
+from .quant.model_config import config_identity
 from .timing import mark
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def train(
         scheduler.step()
         result.losses.append(sum(losses) / len(configs))
         result.step_log.append(
-            {"lr": rate, "configs": [m.identity() for m in configs], "losses": losses}
+            {"lr": rate, "configs": [config_identity(m) for m in configs], "losses": losses}
         )
         bar.update(1)
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")

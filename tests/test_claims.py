@@ -3,6 +3,7 @@ a clear win holds, a tie is inconclusive, a reversal is contradicted; the compar
 (non-inferiority) reading, the paper's magnitude, a flat group, the power planner (checked by
 simulation); time ratios, the seen/unseen equivalence, the paper's relations and the CLI."""
 
+import copy
 import hashlib
 import zlib
 
@@ -75,12 +76,39 @@ def coalora(accuracy, **kw):
     return evaluations("coalora", accuracy, trained="coalora", **kw)
 
 
+def settled_curve(records, fraction=0.5):
+    """Each trained record as it stood at a snapshot with nothing left to move: the same
+    outcomes at ``fraction`` of its steps (the settled gate passes exactly)."""
+    out = []
+    for record in records:
+        if record["train_steps"] is None:
+            continue
+        step = max(1, round(fraction * record["train_steps"]))
+        snap = copy.deepcopy(record)
+        snap["protocol"]["snapshot"] = {"step": step, "of": record["train_steps"],
+                                        "fraction": fraction}  # fmt: skip
+        snap["train_steps"], snap["train_seconds"] = step, record["train_seconds"] * fraction
+        out.append(snap)
+    return out
+
+
+def write_curves(tmp_path, records) -> list:
+    """``settled_curve(records)`` written under ``tmp_path/curve/``: their paths."""
+    paths = []
+    for i, record in enumerate(settled_curve(records)):
+        paths.append(tmp_path / "curve" / f"c{i:03d}.json")
+        write_result(paths[-1], record)
+    return paths
+
+
 def table_of(tmp_path, records):
+    """The claims table of ``records`` (every run settled: ``settled_curve``) and their paths."""
     paths = []
     for i, record in enumerate(records):
         paths.append(tmp_path / f"r{i:03d}.json")
         write_result(paths[-1], record)
-    return claims.claims_table(read_results(paths), replicates=300), paths
+    curves = read_results(write_curves(tmp_path, records))
+    return claims.claims_table(read_results(paths), replicates=300, curves=curves), paths
 
 
 def row(table, test, comparison=None, reading=None):
@@ -180,7 +208,8 @@ def test_claims_cli_writes_every_claim_and_the_paper_relations(tmp_path, capsys)
     records = coalora(accuracy_curve(0.85)) + qlora(accuracy_curve(0.70))
     _, paths = table_of(tmp_path, records)
     out, md = tmp_path / "claims.csv", tmp_path / "claims.md"
-    args = ["report", "claims", *map(str, paths), "--out", str(out), "--markdown", str(md)]
+    args = ["report", "claims", *map(str, paths), "--out", str(out), "--markdown", str(md),
+            "--curves", *map(str, sorted(tmp_path.glob("curve/*.json")))]  # fmt: skip
     assert main([*args, "--replicates", "100"]) == 0
     printed = capsys.readouterr().out
     assert "C1: holds" in printed and "C2: not tested at this scale" in printed
@@ -190,7 +219,8 @@ def test_claims_cli_writes_every_claim_and_the_paper_relations(tmp_path, capsys)
     for claim in claims.load_claims().claims:
         assert f"| {claim.id} | {claim.claim} |" in text
     # The paper table holds relations with our intervals, never absolute HVs side by side.
-    paper = claims_report.paper_table(read_results(paths))
+    curves = read_results(sorted(tmp_path.glob("curve/*.json")))
+    paper = claims_report.paper_table(read_results(paths), curves=curves)
     hv = paper[paper["relation"] == "hv_diff(coalora, qlora)"].iloc[0]
     assert hv["paper_SST-2"] == "+0.04" and hv["paper_QQP"] == "+0.06"
     assert hv["low"] < hv["ours"] < hv["high"] and hv["verdict"] == claims.HOLDS
@@ -362,7 +392,8 @@ def test_the_sensitivity_diagnostic_and_its_full_precision_ceiling(tmp_path):
     for i, record in enumerate(full_precision_lora(0.9)):
         write_result(tmp_path / f"fp{i}.json", record)
     results = read_results(sorted(tmp_path.glob("*.json")))
-    table, (diagnostic,) = claims.evaluate_claims(results, replicates=200)
+    curves = read_results(write_curves(tmp_path, records))
+    table, (diagnostic,) = claims.evaluate_claims(results, replicates=200, curves=curves)
     assert diagnostic.status == "sensitive" and diagnostic.reference == "qlora"
     assert (diagnostic.best_bits, diagnostic.worst_bits) == (4.0, 2.5)
     assert diagnostic.spread.effect == pytest.approx(100 * 0.08 * 1.5, abs=3)

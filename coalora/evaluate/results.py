@@ -52,7 +52,7 @@ from numbers import Real
 from pathlib import Path
 
 from .. import __version__
-from ..io import read_json, sha256_json, write_json
+from ..io import read_json, write_json
 from ..machine import KERNEL_ENV, KERNEL_ISA
 
 SCHEMA = "coalora.evaluation/2"
@@ -251,9 +251,9 @@ def read_results(paths: Iterable[str | os.PathLike]):
 def qconfig_hash(mqc) -> str:
     """Identity of a configuration: its quantizer and every module's 5-tuple (``None``: the
     full-precision model). Names, budgets and other labels do not count."""
-    if mqc is None:
-        return sha256_json({"quantizer": "none", "modules": {}})
-    return mqc.identity()
+    from ..quant.model_config import config_identity
+
+    return config_identity(mqc)
 
 
 def directory_hash(directory: str | os.PathLike) -> str:

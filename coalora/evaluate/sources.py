@@ -26,6 +26,7 @@ from ..io import read_json
 from ..methods import Serves
 from ..models import LoadedModel, load_model, weights_hash
 from ..quant import ModelQConfig, QuantizedBase
+from ..quant.model_config import config_identity
 from ..runner import TRAIN_CONFIGS_FILE, TRAIN_LOG_FILE, load_trained, model_kind
 from ..train import (
     SNAPSHOTS_DIR,
@@ -181,8 +182,8 @@ class Trained(ModelSource):
             "train_steps": m.get("steps"),
             "exposure": (
                 None
-                if mqc is None or self.step_log is None
-                else exposure(self.step_log, mqc.identity(), m["settings"]["lr"])
+                if self.step_log is None
+                else exposure(self.step_log, config_identity(mqc), m["settings"]["lr"])
             ),
         }
 

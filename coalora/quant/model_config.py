@@ -158,6 +158,14 @@ class ModelQConfig:
         return cls.from_dict(read_json(path, "configuration file"), targets, source=str(path))
 
 
+def config_identity(mqc: ModelQConfig | None) -> str:
+    """A configuration's identity (``ModelQConfig.identity``); None, the full-precision model,
+    has one too."""
+    if mqc is None:
+        return sha256_json({"quantizer": "none", "modules": {}})
+    return mqc.identity()
+
+
 def field_cardinalities(n_targets: int) -> np.ndarray:
     """Number of choices of each coordinate of the length-5N encoding."""
     per = [len(FIELD_CHOICES[f]) for f in FIELDS]

@@ -11,11 +11,15 @@ from ..evaluate.results import read_results
 from ..io import atomic_path
 from ..verdicts import claims, claims_report
 
-# name -> (table(results, reference), why it can be empty): `coalora report tables` outputs.
+# name -> (table(results, reference, curves), why it can be empty): `coalora report tables`
+# outputs; ``curves`` (the runs' snapshot records) only the paper table reads, for its verdicts.
 TABLES = {
-    **report.TABLES,
+    **{
+        name: (lambda results, reference, curves, table=table: table(results, reference), why)
+        for name, (table, why) in report.TABLES.items()
+    },
     "paper": (
-        lambda results, reference: claims_report.paper_table(results),
+        lambda results, reference, curves: claims_report.paper_table(results, curves=curves),
         "no group has two methods that the paper's main table relates",
     ),
 }
@@ -48,8 +52,9 @@ def report_from_cli(args) -> None:
         print(f"wrote {args.out}: {len(table)} rows")
     elif args.report == "tables":
         out = Path(args.out_dir)
+        curves = read_results(args.curves) if args.curves else None
         for name, (function, empty) in TABLES.items():
-            table = function(results, args.reference or report.REFERENCE_METHOD)
+            table = function(results, args.reference or report.REFERENCE_METHOD, curves)
             write_table(table, out / f"{name}.csv", out / f"{name}.md", empty)
             print(f"wrote {out / name}.csv/.md: {len(table)} rows")
     elif args.report == "claims":

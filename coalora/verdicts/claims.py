@@ -41,6 +41,7 @@ from .settled import (
     NO_CURVE,
     NOT_GATED,
     SETTLED,
+    SETTLING_COLUMNS,
     Settling,
     at_snapshot,
     exposure_share,
@@ -331,7 +332,7 @@ CLAIM_COLUMNS = [
     "claim", "test", "model", "task", "quantizer", "comparison", "statistic", "unit",
     "paper", "paper_position", "effect", "low", "high", "reading", "relation", "threshold",
     "margin", "smallest_margin", "verdict", "decides", "sensitivity", "trained", "settling",
-    "exposure", "exposure_a", "exposure_b", "noise", "n_seeds",
+    *SETTLING_COLUMNS, "exposure", "exposure_a", "exposure_b", "noise", "n_seeds",
     "to_decide", *PLAN_COLUMNS, "se_seed", "se_test", "n_test", "max_test", *power.SECONDS,
     "scale", "deviations",
 ]  # fmt: skip
@@ -485,6 +486,7 @@ def rows_of_test(
             **{name: getattr(components, name) for name in power.SECONDS},
             "scale": scale_of(evidence, both[both["seed"].isin(seeds)], seeds),
             "trained": settling.state,
+            **settling.columns(),
             "exposure": "; ".join(
                 exposure_text(name, rows[rows["seed"].isin(seeds)]) for name, rows in exposed
             ),
@@ -609,10 +611,13 @@ def _group_steps(records: pd.DataFrame) -> dict[tuple, str]:
 
 
 def claims_table(
-    results: pd.DataFrame, book: ClaimBook | None = None, replicates: int = BOOTSTRAP_REPLICATES
+    results: pd.DataFrame,
+    book: ClaimBook | None = None,
+    replicates: int = BOOTSTRAP_REPLICATES,
+    curves: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """``evaluate_claims``' table."""
-    return evaluate_claims(results, book, replicates)[0]
+    return evaluate_claims(results, book, replicates, curves)[0]
 
 
 SUMMARY_COLUMNS = [

@@ -201,13 +201,16 @@ PAPER_COLUMNS = [
 ]  # fmt: skip
 
 
-def paper_table(results: pd.DataFrame, book: ClaimBook | None = None, table=None) -> pd.DataFrame:
+def paper_table(
+    results: pd.DataFrame, book: ClaimBook | None = None, table=None, curves=None
+) -> pd.DataFrame:
     """The paper's main table as RELATIONS (HV differences, gaps, time ratios between methods)
     beside ours with their intervals: absolute HVs do not transfer across models and tasks,
     relations can. One row per group and relation that both the paper and we measured, with
-    the verdict of the test's deciding reading."""
+    the verdict of the test's deciding reading (``curves``: the snapshot records the settled
+    gate reads, as in the claims table)."""
     book = book or load_claims()
-    table = claims_table(results, book) if table is None else table
+    table = claims_table(results, book, curves=curves) if table is None else table
     table = table[table["decides"].astype(bool)]
     rows = []
     for claim in book.claims:

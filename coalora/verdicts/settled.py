@@ -42,6 +42,11 @@ from .stats import Interval, combine
 SETTLED, STILL_MOVING, NOT_GATED = "settled", "still moving", "not gated"
 NO_CURVE = "no curve"  # no half-way snapshot records (a run without snapshots)
 TRAINED_STATES = (SETTLED, STILL_MOVING, NOT_GATED, NO_CURVE)
+# The claims table's columns of the gate's change interval (what the seed planner replays).
+SETTLING_COLUMNS = [
+    "moved", "moved_low", "moved_high", "moved_tolerance", "moved_se_seed", "moved_se_test",
+    "moved_n_seeds",
+]  # fmt: skip
 
 
 def snapshot_of(protocol) -> dict:
@@ -72,6 +77,14 @@ class Settling:
     change: Interval | None = None
     tolerance: float = math.nan
     steps: str = ""  # e.g. "4 -> 8" (the half-way snapshot's step, the end's)
+
+    def columns(self) -> dict:
+        """The change interval as claims-table columns (NaN where there is none)."""
+        c = self.change
+        if c is None:
+            return dict.fromkeys(SETTLING_COLUMNS, math.nan)
+        values = [c.effect, c.low, c.high, self.tolerance, c.se_seed, c.se_test, c.n_seeds]
+        return dict(zip(SETTLING_COLUMNS, values, strict=True))
 
     def text(self) -> str:
         if self.state == NOT_GATED:

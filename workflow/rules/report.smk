@@ -107,7 +107,8 @@ TABLES = ["rank", "search", "quantizer", "seen_unseen", "causal_lm", "paper"]
 
 rule tables:
     input:
-        every_evaluation(),
+        records=every_evaluation(),
+        curves=every_curve_record(),
     output:
         csv=[
             report(f"{RESULTS}/tables/{t}.csv", caption="../report/tables.rst", category="Tables")
@@ -126,7 +127,7 @@ rule tables:
         CONDA_ENV
     shell:
         "{params.cli} report tables --reference {params.reference} --out-dir {params.out_dir} "
-        "{input} 2> {log}"
+        "{input.records} --curves {input.curves} 2> {log}"
 
 
 rule seen_unseen_figure:
