@@ -115,6 +115,13 @@ def test_snapshot_records_equal_a_fresh_evaluation_and_name_their_exposure(tmp_p
     )
     assert fresh["metrics"] == records[2]["metrics"]
     assert fresh["per_example"] == records[2]["per_example"]
+    # The command line (what the workflow's evaluate rule runs) writes the same files.
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--qconfigs", str(qconfig), "--out-dir",
+            str(tmp_path / "cli"), "--snapshots-out", str(tmp_path / "cli-curve"),
+            "--batch-size", "4", "--limit", "4", "--window", "32", "--lm-eval-tasks"]  # fmt: skip
+    assert main(argv) == 0
+    cli_half = json.loads((tmp_path / "cli-curve" / "at-0.5" / "b3.json").read_text())
+    assert cli_half["metrics"] == records[2]["metrics"]
     # Exposure: the steps whose drawn configurations include this one, from the run's log.
     log = json.loads((ckpt / TRAIN_LOG_FILE).read_text())
     identity = ModelQConfig.from_dict(train_configs[0], None).identity()

@@ -192,3 +192,22 @@ def test_cli_on_a_missing_directory_is_one_line_and_exit_2(tmp_path, capsys):
 def test_cli_refuses_an_impossible_budget(tmp_path, capsys):
     assert main(["plan", str(tmp_path), "--minutes", "0"]) == 2
     assert "--minutes" in capsys.readouterr().err
+
+
+def test_the_settled_gate_is_replayed_a_moving_test_decides_nothing():
+    clear = _row("C1", GROUP_A, "x vs y", 5.0, 0.5)  # decided at 4 seeds almost surely
+    settled = {**clear, "trained": "settled", "moved": 0.0, "moved_tolerance": 1.0,
+               "moved_se_seed": 0.1, "moved_se_test": 0.0, "moved_n_seeds": 4}  # fmt: skip
+    moving = {**settled, "trained": "still moving", "moved": 6.0}
+    noisy = {**settled, "trained": "still moving", "moved_se_seed": 0.8}  # seeds disagree
+    no_curve = {**clear, "trained": "no curve"}
+    chance = {
+        name: _planner([row]).allocation({"a": 4}).chances["C1"]
+        for name, row in [("clear", clear), ("settled", settled), ("moving", moving),
+                          ("noisy", noisy), ("no curve", no_curve)]
+    }  # fmt: skip
+    assert chance["clear"] > 0.99 and chance["settled"] > 0.99
+    assert chance["moving"] == 0.0 and chance["no curve"] == 0.0
+    # a change too noisy to show it settled at 4 seeds: more seeds can show it
+    noisy_more = _planner([noisy]).allocation({"a": 64}).chances["C1"]
+    assert chance["noisy"] < 0.5 < noisy_more

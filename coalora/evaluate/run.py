@@ -95,8 +95,11 @@ def evaluate_from_cli(args) -> None:
     records = evaluate_configs(
         source, items, opt("task"), out_paths, settings, allocation, opt("snapshots_out")
     )
-    for path, record in zip(out_paths, records, strict=True):
+    finals, snapshots = records[: len(out_paths)], records[len(out_paths) :]
+    for path, record in zip(out_paths, finals, strict=True):
         print(summary_line(path, record))
+    for snapshot in snapshots:
+        print(f"  snapshot at step {snapshot['train_steps']}: {summary_line('', snapshot)}")
 
 
 def eval_settings_from_cli(args) -> EvalSettings:

@@ -59,6 +59,7 @@ COMPARISON_COLUMNS = [
 # Every method's records, the per-configuration runs' included, lie at
 # <exp>/<method>/s<seed>/eval/<cfg>.json (checkpoints and their manifests elsewhere).
 RECORD_GLOB = "*/*/s*/eval/*.json"
+CURVE_GLOB = "*/*/s*/curve/*/*.json"  # the runs' snapshot records (coalora.verdicts.settled)
 SEED_FOLDER = re.compile(r"s\d+")
 
 # Provenance field -> what differs, in words. The machine block's fields (the record's

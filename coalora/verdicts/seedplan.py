@@ -21,7 +21,11 @@ The model, and what it leaves out:
   decides it (``claims.decide``), at the measured test size. A test of
   configuration-awareness in a group that may turn out flat also needs the group's
   sensitivity diagnostic to pass (its interval above 0 and reaching the minimum effect),
-  replayed the same way from the diagnostic's own interval. A single test's simulated chance
+  replayed the same way from the diagnostic's own interval; and every gated test its settled
+  gate (``coalora.verdicts.settled``): the change from the half-way snapshot to the end,
+  replayed from its own interval at the run's steps (more seeds narrow a noisy change; only
+  more steps can stop a moving one, and the planner does not predict how far a comparison
+  moves with more steps). A single test's simulated chance
   agrees with ``power.power`` (``row_power``; ``tests/test_seedplan.py``).
 - **Claims.** A claim is decided in a simulated run when one of its tests is contradicted or
   all hold. Readings of one interval share its draws (C7.2 and C8.2 under INT are one
@@ -46,8 +50,9 @@ from ..evaluate.results import read_results
 from ..report import GROUP_KEYS, quantized
 from ..timing import BENCHMARKS_DIR, benchmark_jobs
 from . import claims, power
-from .compare import RECORD_GLOB, SEED_FOLDER
+from .compare import CURVE_GLOB, RECORD_GLOB, SEED_FOLDER
 from .sensitivity import sensitivity_frame
+from .settled import NO_CURVE, NOT_GATED
 from .stats import quantile
 
 # The method label of the unadapted evaluation: evaluated once per experiment (a fixed cost).
@@ -234,7 +239,30 @@ class SeedPlanner:
         if str(row.get("sensitivity", claims.NOT_GATED)) != claims.NOT_GATED:
             passes = self._gate_passes(group, seeds)
             holds, contradicted = holds & passes, contradicted & passes
-        return holds, contradicted
+        settled = self._settled(row, seeds)
+        return holds & settled, contradicted & settled
+
+    def _settled(self, row, seeds: int) -> np.ndarray:
+        """Per simulated run: the test's settled gate passes, its change from the half-way
+        snapshot to the end replayed at ``seeds`` seeds as measured (the same steps: more
+        seeds narrow a noisy change, they cannot stop a moving one). A test without a
+        half-way snapshot never passes; one that is not gated always does."""
+        state = str(row.get("trained", NOT_GATED))
+        if state == NOT_GATED:
+            return np.ones(self.draws, bool)
+        if state == NO_CURVE or not math.isfinite(float(row.get("moved", math.nan))):
+            return np.zeros(self.draws, bool)
+        n = int(row["n_test"]) if math.isfinite(float(row["n_test"])) else 0
+        n_seeds = int(row["moved_n_seeds"])
+        components = power.Components(
+            float(row["moved_se_seed"]) ** 2 * n_seeds,
+            float(row["moved_se_test"]) ** 2 * n if n else 0.0, n, n,
+        )  # fmt: skip
+        group = tuple(row[k] for k in GROUP_KEYS)
+        key = ("settled", *group, row["comparison"], row["statistic"])
+        low, high = self._drawn(key, float(row["moved"]), components, seeds)
+        tolerance = float(row["moved_tolerance"])
+        return (low > -tolerance) & (high < tolerance)
 
     def allocation(self, seeds: dict[str, int]) -> Allocation:
         holds = {c: np.ones(self.draws, bool) for c in self.claims}
@@ -318,8 +346,13 @@ def planner_from_run(results, cores: int, wall: float | None = None, replicates:
     if not paths:
         raise FileNotFoundError(f"{root}: no evaluation records ({RECORD_GLOB})")
     records = read_results(paths)
+    curve_paths = [
+        p for p in sorted(root.glob(CURVE_GLOB))
+        if SEED_FOLDER.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
+    ]  # fmt: skip
+    curves = read_results(curve_paths) if curve_paths else None
     book = claims.load_claims()
-    table, diagnostics = claims.evaluate_claims(records, book, replicates=replicates)
+    table, diagnostics = claims.evaluate_claims(records, book, replicates, curves)
     costs, reports = experiment_costs(root)
     groups = run_groups(root, records)
     measured = {name: cost.measured_seeds for name, cost in costs.items() if name in groups}
