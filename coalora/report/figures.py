@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .groups import REFERENCE_METHOD, Group, experiment_groups, quantized, search_rows
+from .groups import REFERENCE_METHOD, Group, experiment_groups, prepare, quantized, search_rows
 from .tables import TABLES
 
 
@@ -155,11 +155,14 @@ def learning_curve_figure(results: pd.DataFrame, curves: pd.DataFrame | None, ti
     (seen) configuration, one line per method through its seed means (geometric for
     perplexity) with bars from the lowest to the highest seed; the unadapted base dashed; a log
     axis where the values span a decade or more."""
-    frames = [results] if curves is None or curves.empty else [results, curves]
+    snapshots = prepare(curves) if curves is not None and len(curves) else None
     rows_of = {}
-    for group in experiment_groups(pd.concat(frames, ignore_index=True)):
+    for group in experiment_groups(results):
         q = quantized(group.rows)
         q = q[~q["unseen"]]
+        if snapshots is not None:  # the same group's snapshot records (one per step)
+            mine = snapshots[(snapshots[list(group.key)] == pd.Series(group.key)).all(axis=1)]
+            q = pd.concat([q, mine[mine["config_name"].isin(set(q["config_name"]))]])
         for config, rows in q.groupby("config_name", sort=False):
             rows_of.setdefault(tuple(group.key.values()), []).append((group, config, rows))
     plt = pyplot()
