@@ -43,46 +43,39 @@ def test_default_preset_dry_run(tmp_path):
     # The embedded default is found beside the Snakefile, whatever the working directory.
     proc = snakemake(tmp_path, "-n", "-p")
     counts = job_counts(proc.stdout)
-    # MiniLM (NF) at M seeds: CoA-LoRA and Shared-LoRA train once per seed, QLoRA and LQ-LoRA
-    # once per evaluation budget (3) and seed, evaluated in their training jobs, and the
-    # full-precision LoRA reference once per seed; SmolLM2 (NF) at S seeds: CoA-LoRA and
-    # Shared-LoRA once, QLoRA once per budget (2).
+    # SmolLM2 (NF) at S seeds: CoA-LoRA and Shared-LoRA train once per seed, QLoRA once per
+    # evaluation budget (2) and seed, evaluated in its training job.
     default = yaml.safe_load(Path(preset("config.yaml")).read_text())
     experiments = default["experiments"]
-    assert sorted(experiments) == ["minilm-testament", "smollm2-bible"]
-    m = len(experiments["minilm-testament"].get("seeds", default["seeds"]))
+    assert sorted(experiments) == ["smollm2-bible"]
     s = len(default["seeds"])
-    assert m >= 2 and s >= 3
-    assert counts["prepare"] == 2 and counts["cost_table"] == 2
-    assert counts["cost_table_lowrank"] == 1  # LQ-LoRA's own allocation
-    assert counts["train"] == 2 * m + 2 * s
-    assert counts["train_per_config"] == 2 * 3 * m + 2 * s and "evaluate" not in counts
-    assert counts["train_own_config"] == m
-    assert counts["evaluate_minilm-testament"] == 2 * m
+    assert s >= 3  # the fewest seeds at which a verdict is given
+    assert counts["prepare"] == 1 and counts["cost_table"] == 1
+    assert counts["train"] == 2 * s
+    assert counts["train_per_config"] == 2 * s and "evaluate" not in counts
     # The unadapted base (a reference row, in no claim) is evaluated at the first seed only.
-    assert counts["evaluate_base_minilm-testament"] == 1
     assert counts["evaluate_smollm2-bible"] == 2 * s
     assert counts["evaluate_base_smollm2-bible"] == 1
-    # Every table, the claims and every figure.
+    # Every table, the claims and every figure, the learning curves included.
     assert counts["table1"] == 1 and counts["tables"] == 1 and counts["claims"] == 1
-    assert counts["pareto_figure"] == 2 and counts["seen_unseen_figure"] == 2
+    assert counts["pareto_figure"] == 1 and counts["learning_curve_figure"] == 1
     # The seed is in every path and reaches training; equal steps for every method (the
-    # paper's protocol); a per-configuration run writes its evaluation too.
+    # paper's protocol); snapshots at 1/4 and 1/2 of the steps; a per-configuration run writes
+    # its evaluation and its snapshots' evaluations too.
     assert re.search(
-        r"--steps 12 .*--set seed=1 .*minilm-testament/qlora/s1/b2.1/checkpoint "
-        r"--evaluate-out results/minilm-testament/qlora/s1/eval/b2.1.json --label qlora",
+        r"--steps 48 .*--set seed=1 .*--set 'snapshots=\[0.25, 0.5\]' .*"
+        r"smollm2-bible/qlora/s1/b3/checkpoint --evaluate-out "
+        r"results/smollm2-bible/qlora/s1/eval/b3.json --label qlora .*"
+        r"--snapshots-out results/smollm2-bible/qlora/s1/curve",
         proc.stdout,
     )
     assert re.search(
-        r"--method coalora --steps 12 .*minilm-testament/coalora/s1/checkpoint", proc.stdout
+        r"--method coalora --steps 48 .*smollm2-bible/coalora/s1/checkpoint", proc.stdout
     )
+    # A few perplexity windows, 100 lm-eval items of bible_cloze on every configuration at the
+    # first seed (lm_eval_seeds: 1), none at the others (nor at any snapshot).
     assert re.search(
-        r"--method lora-fp --steps 12 .*lora-fp/s0/full-precision/checkpoint", proc.stdout
-    )
-    # SmolLM2: a few perplexity windows, 200 lm-eval items of bible_cloze on every
-    # configuration at the first seed (lm_eval_seeds: 1), none at the others.
-    assert re.search(
-        r"--task bible-lm .*--limit 8 --window 256 --lm-eval-limit 200 --lm-eval-tasks bible_cloze",
+        r"--task bible-lm .*--limit 8 --window 256 --lm-eval-limit 100 --lm-eval-tasks bible_cloze",
         proc.stdout,
     )
     evaluations = [line for line in proc.stdout.splitlines() if "coalora.cli " in line]
@@ -90,7 +83,7 @@ def test_default_preset_dry_run(tmp_path):
     assert with_lm_eval and all(
         re.search(r"results/smollm2-bible/[a-z-]+/s0/", line) for line in with_lm_eval
     )
-    # SmolLM2 at seed 0: CoA-LoRA, Shared-LoRA, the base, QLoRA's 2 per-configuration runs
+    # At seed 0: CoA-LoRA, Shared-LoRA, the base, QLoRA's 2 per-configuration runs
     assert len(with_lm_eval) == 5
 
 
