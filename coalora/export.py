@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .bnb import import_peft
 from .io import atomic_dir, write_json
 from .lora import LoraLinear, task_head_names
 from .mapper import ConfigAwareMapper
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
 # peft is imported where an adapter is written or loaded, not at module import: importing it
-# costs about 6 s of CPU (it pulls transformers' auto classes and bitsandbytes), which every
-# training and evaluation job would otherwise pay without ever writing an adapter.
+# costs seconds of CPU (it pulls transformers' auto classes), which every training and
+# evaluation job would otherwise pay without ever writing an adapter. It is imported through
+# coalora.bnb.import_peft, which leaves bitsandbytes out (2 s more) until something uses it.
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -59,7 +61,7 @@ def fold_into_lora(lora_b: torch.Tensor, mixing: torch.Tensor | None) -> torch.T
 
 
 def _task_type(task_type: str):
-    from peft import TaskType  # lazy: see the note on peft at the top
+    TaskType = import_peft().TaskType  # lazy: see the note on peft at the top
 
     try:
         return TaskType(task_type)
@@ -152,7 +154,7 @@ def export_peft_adapter(
             f"export_peft_adapter: the wrappers mix LoRA settings (r, alpha, dropout) "
             f"{sorted(settings)}; a peft adapter directory holds one"
         )
-    from peft import LoraConfig as PeftLoraConfig  # lazy: see the note on peft at the top
+    PeftLoraConfig = import_peft().LoraConfig  # lazy: see the note on peft at the top
 
     r, alpha, dropout = settings.pop()
     state = folded_adapter_state(model, wrappers, mapper, mqc, targets)
@@ -194,6 +196,6 @@ def load_peft_adapter(
     qconfig_path = adapter_dir / QCONFIG_FILE
     if qconfig_path.is_file():
         apply_qconfig(model, ModelQConfig.load(qconfig_path, quantizable_targets(model)))
-    from peft import PeftModel  # lazy: see the note on peft at the top
+    PeftModel = import_peft().PeftModel  # lazy: see the note on peft at the top
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
