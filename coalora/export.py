@@ -18,6 +18,7 @@ own loader (LQ-LoRA's residual base, GPTQ's base, bitsandbytes, a full model, ..
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,3 +200,148 @@ def load_peft_adapter(
     PeftModel = import_peft().PeftModel  # lazy: see the note on peft at the top
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+
+
+# --- a whole model for one configuration (`coalora export`) -------------------------------------
+
+# Where ``export_model`` puts the adapter inside its directory.
+ADAPTER_SUBDIR = "adapter"
+MODEL_CARD = "README.md"
+
+
+def checkpoint_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model`` was loaded in (its config's; fp32 for a model built from a config,
+    as the tiny ones are): the dtype its weights are held and computed in unless a compute
+    dtype says otherwise (``coalora.models.load_model``)."""
+    dtype = getattr(model.config, "dtype", None) or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def save_base_model(
+    model: nn.Module, state: dict[str, torch.Tensor], tokenizer, out_dir: str | os.PathLike
+) -> torch.dtype:
+    """``out_dir`` gets a transformers model directory (``save_pretrained``) of ``model``'s
+    class and config holding ``state``, every floating-point tensor cast to the model's
+    checkpoint dtype, and the tokenizer. Returns that dtype."""
+    dtype = checkpoint_dtype(model)
+    config = copy.deepcopy(model.config)
+    config.dtype = dtype
+    # An empty skeleton of the model's own class: no second copy of the weights is drawn.
+    with torch.device("meta"):
+        skeleton = type(model)(config)
+    cast = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
+        for k, v in state.items()
+    }
+    skeleton.load_state_dict(cast, strict=True, assign=True)
+    skeleton.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return dtype
+
+
+def model_card(
+    *,
+    method: str,
+    serves: str,
+    base_model: str,
+    mqc: ModelQConfig | None,
+    dtype: torch.dtype,
+    auto_class: str,
+    adapter: bool,
+    checkpoint: str,
+    out_dir: str,
+) -> str:
+    """The directory's README.md: what it holds, where it came from, how to load it."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    if mqc is None:
+        configuration = "none: full precision (nothing quantized)"
+        title = f"# {method} on {base_model}, full precision"
+    else:
+        label = mqc.name or "unnamed"
+        configuration = (
+            f"{label} ({mqc.quantizer} quantizer, {len(mqc.modules)} matrices), average "
+            f"{mqc.avg_bits:.4f} bits per quantized weight: `{QCONFIG_FILE}`"
+        )
+        title = f"# {method} on {base_model}, configuration {label} ({mqc.avg_bits:.4f} bits)"
+    adapter_line = (
+        f"- adapter: `{ADAPTER_SUBDIR}/` (peft LoRA; it belongs on these weights, not on the "
+        "unquantized base its config names)"
+        if adapter
+        else "- adapter: none (every weight of this model was trained)"
+    )
+    load = [f"from transformers import {auto_class}"]
+    if adapter:
+        load.append("from peft import PeftModel")
+    load += ["", f'model = {auto_class}.from_pretrained("{out_dir}", dtype="{dtype_name}")']
+    if adapter:
+        load.append(f'model = PeftModel.from_pretrained(model, "{out_dir}/{ADAPTER_SUBDIR}")')
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        f"tags: [{', '.join(dict.fromkeys(['coalora', method]))}]",
+        "---",
+        "",
+        title,
+        "",
+        "Written by `coalora export` (the CoA-LoRA reproducibility harness).",
+        "",
+        f"- method: `{method}` (serves {serves} configurations)",
+        f"- base model: `{base_model}`",
+        f"- quantization configuration: {configuration}",
+        f"- weights: the base model under that configuration, dequantized, in {dtype_name}",
+        adapter_line,
+        f"- trained checkpoint: `{checkpoint}`",
+        "",
+        "## Load",
+        "",
+        "```python",
+        *load,
+        "```",
+    ]
+    if auto_class == "AutoModelForCausalLM":
+        peft_arg = f",peft={out_dir}/{ADAPTER_SUBDIR}" if adapter else ""
+        lines += [
+            "",
+            "## Evaluate with lm-eval",
+            "",
+            "```bash",
+            f"python -m lm_eval --model hf --model_args pretrained={out_dir}{peft_arg},"
+            f"dtype={dtype_name} --tasks TASKS",
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export_model(
+    method, mqc: ModelQConfig | None, out_dir: str | os.PathLike, base_model: str, checkpoint: str
+) -> Path:
+    """Write ``out_dir`` (atomically): ``method``'s base model under ``mqc`` as a transformers
+    model directory (``method.base_state``: the weights the harness computes with, dequantized,
+    in the checkpoint's dtype), ``qconfig.json``, a model card, and the method's adapter in
+    ``adapter/`` (``method.export``, the one writer of adapters), unless the method trained
+    the whole model (``method.exports_adapter``). ``mqc`` is a configuration the method
+    serves (``method.served_configuration``); None for full precision."""
+    out_dir = Path(out_dir)
+    loaded = method.loaded
+    classifier = loaded.kind == "classification"
+    with atomic_dir(out_dir) as tmp:
+        if method.exports_adapter:
+            method.export(mqc, tmp / ADAPTER_SUBDIR, base_model)
+        dtype = save_base_model(loaded.model, method.base_state(mqc), loaded.tokenizer, tmp)
+        if mqc is not None:
+            mqc.save(tmp / QCONFIG_FILE)
+        card = model_card(
+            method=method.name,
+            serves=str(method.serves),
+            base_model=base_model,
+            mqc=mqc,
+            dtype=dtype,
+            auto_class="AutoModelForSequenceClassification"
+            if classifier
+            else "AutoModelForCausalLM",
+            adapter=method.exports_adapter,
+            checkpoint=str(checkpoint),
+            out_dir=str(out_dir),
+        )
+        (tmp / MODEL_CARD).write_text(card)
+    return out_dir
