@@ -14,6 +14,10 @@ The adapter is only correct on top of the base model quantized under ``qconfig.j
 ``load_peft_adapter`` does both steps. Every method's export writes ``coalora_adapter.json``
 (``write_adapter_manifest``), from which ``coalora.methods.load_adapter`` picks the method's
 own loader (LQ-LoRA's residual base, GPTQ's base, bitsandbytes, a full model, ...).
+
+``export_model`` (``coalora export``) writes what needs no coalora at all: the base model
+under the configuration as a transformers model directory (dequantized), ``qconfig.json``, a
+model card, and the method's adapter in ``adapter/`` (docs/export.md).
 """
 
 from __future__ import annotations

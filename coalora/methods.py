@@ -4,7 +4,9 @@ A method is prepared for a base model (held once in a ``QuantizedBase``) and a t
 of configurations. The engine (``coalora.train``) then asks it, each step, for the
 configurations to train under (``configs_for_step``) and to switch the model to each one
 (``activate``). After training, ``activate`` + ``model`` give the model for any configuration
-at evaluation, and ``export`` writes a standard PEFT adapter for it.
+at evaluation, and ``export`` writes a standard PEFT adapter for it (``coalora export`` adds
+the base it belongs on, ``base_state``, for a configuration the method serves,
+``served_configuration``).
 
 What a method IS lives on its class, once: whether it trains one run per configuration
 (``per_config``), which configurations its trained model serves (``serves``), whether its ILP
