@@ -20,6 +20,7 @@ from .common import FullPrecisionMethod
 
 class FullFineTuning(FullPrecisionMethod):
     name = "full-ft"
+    exports_adapter = False  # every weight trains: the model itself is the export
 
     def setup(self) -> dict:
         self.restore_full_precision()

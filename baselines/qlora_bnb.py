@@ -205,6 +205,19 @@ class QLoRABnb(Method):
             )
         set_peft_model_state_dict(self.model, state)
 
+    @torch.no_grad()
+    def base_state(self, mqc: ModelQConfig) -> dict[str, torch.Tensor]:
+        """The full-precision model's state with each targeted matrix as bitsandbytes holds
+        it, dequantized (``dequantize_4bit``: what its 4-bit layers compute with)."""
+        check_trained_config(self.name, self.train_configs[0], mqc)
+        bnbf = import_bitsandbytes().functional
+        state = dict(self.loaded.model.state_dict())  # the full-precision model, unwrapped
+        quantized = self.model.get_base_model()
+        for t in self.targets:
+            weight = quantized.get_submodule(t.name).get_base_layer().weight
+            state[f"{t.name}.weight"] = bnbf.dequantize_4bit(weight.data, weight.quant_state)
+        return state
+
     def export(self, mqc: ModelQConfig, out_dir: str | Path, base_model: str) -> Path:
         """peft's ``save_pretrained`` adapter plus ``bnb_config.json``: load the base with
         ``from_pretrained(base, quantization_config=BitsAndBytesConfig(**that))``."""

@@ -7,10 +7,10 @@ import os
 # (the fork server's included: coalora.forkserver compares environments) sees the same.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-# bitsandbytes stays out of every process but QLoRA-bnb's (coalora/bnb.py says why): hidden
-# before anything here imports peft, which would import it.
-from .bnb import hide as _hide_bitsandbytes  # noqa: E402
+# bitsandbytes' kernel-hub warning (coalora/bnb.py says why) is filtered out before anything
+# can import bitsandbytes; bitsandbytes itself stays importable.
+from .bnb import drop_kernel_hub_warning as _drop_kernel_hub_warning  # noqa: E402
 
-_hide_bitsandbytes()
+_drop_kernel_hub_warning()
 
 __version__ = "0.1.0"

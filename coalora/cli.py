@@ -121,6 +121,12 @@ def _cmd_adapt(args) -> None:
     adapt_from_cli(args)
 
 
+def _cmd_export(args) -> None:
+    from .runner import export_from_cli
+
+    export_from_cli(args)
+
+
 def _cmd_evaluate(args) -> None:
     from .evaluate.run import evaluate_from_cli
 
@@ -209,13 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("adapt", help="adapter for a configuration from a trained checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--budget", type=float)
-    group.add_argument("--qconfig")
+    _add_served_configuration_options(p)
     p.add_argument("--out", required=True, help="PEFT adapter directory to write")
     _add_allocation_options(p)
     p.set_defaults(func=_cmd_adapt)
+
+    p = sub.add_parser(
+        "export", help="quantized base model + adapter for a configuration, for any tool"
+    )
+    _add_served_configuration_options(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory to write: a transformers model (the base under the configuration, "
+        "dequantized), qconfig.json, README.md, and the PEFT adapter in adapter/",
+    )
+    _add_allocation_options(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("evaluate", help="evaluate a trained method (or the base) on configurations")
     source = p.add_mutually_exclusive_group(required=True)
@@ -302,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", action="store_true", help="allow an experiment 0 seeds (left out)")
     p.set_defaults(func=_cmd_plan)
     return parser
+
+
+def _add_served_configuration_options(p: argparse.ArgumentParser) -> None:
+    """Which configuration ``adapt`` / ``export`` write for (``runner.served_configuration``)."""
+    p.add_argument("--checkpoint", required=True, help="trained method (coalora train --out)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--budget", type=float, help="the ILP configuration of this budget (as evaluate's)"
+    )
+    group.add_argument("--qconfig", help="a configuration JSON")
+    p.epilog = (
+        "Neither: the method's own configuration (methods of one configuration, full precision)."
+    )
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:

@@ -14,10 +14,15 @@ The adapter is only correct on top of the base model quantized under ``qconfig.j
 ``load_peft_adapter`` does both steps. Every method's export writes ``coalora_adapter.json``
 (``write_adapter_manifest``), from which ``coalora.methods.load_adapter`` picks the method's
 own loader (LQ-LoRA's residual base, GPTQ's base, bitsandbytes, a full model, ...).
+
+``export_model`` (``coalora export``) writes what needs no coalora at all: the base model
+under the configuration as a transformers model directory (dequantized), ``qconfig.json``, a
+model card, and the method's adapter in ``adapter/`` (docs/export.md).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .bnb import import_peft
 from .io import atomic_dir, write_json
 from .lora import LoraLinear, task_head_names
 from .mapper import ConfigAwareMapper
@@ -37,8 +43,9 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
 # peft is imported where an adapter is written or loaded, not at module import: importing it
-# costs about 6 s of CPU (it pulls transformers' auto classes and bitsandbytes), which every
-# training and evaluation job would otherwise pay without ever writing an adapter.
+# costs seconds of CPU (it pulls transformers' auto classes), which every training and
+# evaluation job would otherwise pay without ever writing an adapter. It is imported through
+# coalora.bnb.import_peft, which leaves bitsandbytes out (2 s more) until something uses it.
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -59,7 +66,7 @@ def fold_into_lora(lora_b: torch.Tensor, mixing: torch.Tensor | None) -> torch.T
 
 
 def _task_type(task_type: str):
-    from peft import TaskType  # lazy: see the note on peft at the top
+    TaskType = import_peft().TaskType  # lazy: see the note on peft at the top
 
     try:
         return TaskType(task_type)
@@ -152,7 +159,7 @@ def export_peft_adapter(
             f"export_peft_adapter: the wrappers mix LoRA settings (r, alpha, dropout) "
             f"{sorted(settings)}; a peft adapter directory holds one"
         )
-    from peft import LoraConfig as PeftLoraConfig  # lazy: see the note on peft at the top
+    PeftLoraConfig = import_peft().LoraConfig  # lazy: see the note on peft at the top
 
     r, alpha, dropout = settings.pop()
     state = folded_adapter_state(model, wrappers, mapper, mqc, targets)
@@ -194,6 +201,151 @@ def load_peft_adapter(
     qconfig_path = adapter_dir / QCONFIG_FILE
     if qconfig_path.is_file():
         apply_qconfig(model, ModelQConfig.load(qconfig_path, quantizable_targets(model)))
-    from peft import PeftModel  # lazy: see the note on peft at the top
+    PeftModel = import_peft().PeftModel  # lazy: see the note on peft at the top
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+
+
+# --- a whole model for one configuration (`coalora export`) -------------------------------------
+
+# Where ``export_model`` puts the adapter inside its directory.
+ADAPTER_SUBDIR = "adapter"
+MODEL_CARD = "README.md"
+
+
+def checkpoint_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model`` was loaded in (its config's; fp32 for a model built from a config,
+    as the tiny ones are): the dtype its weights are held and computed in unless a compute
+    dtype says otherwise (``coalora.models.load_model``)."""
+    dtype = getattr(model.config, "dtype", None) or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def save_base_model(
+    model: nn.Module, state: dict[str, torch.Tensor], tokenizer, out_dir: str | os.PathLike
+) -> torch.dtype:
+    """``out_dir`` gets a transformers model directory (``save_pretrained``) of ``model``'s
+    class and config holding ``state``, every floating-point tensor cast to the model's
+    checkpoint dtype, and the tokenizer. Returns that dtype."""
+    dtype = checkpoint_dtype(model)
+    config = copy.deepcopy(model.config)
+    config.dtype = dtype
+    # An empty skeleton of the model's own class: no second copy of the weights is drawn.
+    with torch.device("meta"):
+        skeleton = type(model)(config)
+    cast = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
+        for k, v in state.items()
+    }
+    skeleton.load_state_dict(cast, strict=True, assign=True)
+    skeleton.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return dtype
+
+
+def model_card(
+    *,
+    method: str,
+    serves: str,
+    base_model: str,
+    mqc: ModelQConfig | None,
+    dtype: torch.dtype,
+    auto_class: str,
+    adapter: bool,
+    checkpoint: str,
+    out_dir: str,
+) -> str:
+    """The directory's README.md: what it holds, where it came from, how to load it."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    if mqc is None:
+        configuration = "none: full precision (nothing quantized)"
+        title = f"# {method} on {base_model}, full precision"
+    else:
+        label = mqc.name or "unnamed"
+        configuration = (
+            f"{label} ({mqc.quantizer} quantizer, {len(mqc.modules)} matrices), average "
+            f"{mqc.avg_bits:.4f} bits per quantized weight: `{QCONFIG_FILE}`"
+        )
+        title = f"# {method} on {base_model}, configuration {label} ({mqc.avg_bits:.4f} bits)"
+    adapter_line = (
+        f"- adapter: `{ADAPTER_SUBDIR}/` (peft LoRA; it belongs on these weights, not on the "
+        "unquantized base its config names)"
+        if adapter
+        else "- adapter: none (every weight of this model was trained)"
+    )
+    load = [f"from transformers import {auto_class}"]
+    if adapter:
+        load.append("from peft import PeftModel")
+    load += ["", f'model = {auto_class}.from_pretrained("{out_dir}", dtype="{dtype_name}")']
+    if adapter:
+        load.append(f'model = PeftModel.from_pretrained(model, "{out_dir}/{ADAPTER_SUBDIR}")')
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        f"tags: [{', '.join(dict.fromkeys(['coalora', method]))}]",
+        "---",
+        "",
+        title,
+        "",
+        "Written by `coalora export` (the CoA-LoRA reproducibility harness).",
+        "",
+        f"- method: `{method}` (serves {serves} configurations)",
+        f"- base model: `{base_model}`",
+        f"- quantization configuration: {configuration}",
+        f"- weights: the base model under that configuration, dequantized, in {dtype_name}",
+        adapter_line,
+        f"- trained checkpoint: `{checkpoint}`",
+        "",
+        "## Load",
+        "",
+        "```python",
+        *load,
+        "```",
+    ]
+    if auto_class == "AutoModelForCausalLM":
+        peft_arg = f",peft={out_dir}/{ADAPTER_SUBDIR}" if adapter else ""
+        lines += [
+            "",
+            "## Evaluate with lm-eval",
+            "",
+            "```bash",
+            f"python -m lm_eval --model hf --model_args pretrained={out_dir}{peft_arg},"
+            f"dtype={dtype_name} --tasks TASKS",
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export_model(
+    method, mqc: ModelQConfig | None, out_dir: str | os.PathLike, base_model: str, checkpoint: str
+) -> Path:
+    """Write ``out_dir`` (atomically): ``method``'s base model under ``mqc`` as a transformers
+    model directory (``method.base_state``: the weights the harness computes with, dequantized,
+    in the checkpoint's dtype), ``qconfig.json``, a model card, and the method's adapter in
+    ``adapter/`` (``method.export``, the one writer of adapters), unless the method trained
+    the whole model (``method.exports_adapter``). ``mqc`` is a configuration the method
+    serves (``method.served_configuration``); None for full precision."""
+    out_dir = Path(out_dir)
+    loaded = method.loaded
+    classifier = loaded.kind == "classification"
+    with atomic_dir(out_dir) as tmp:
+        if method.exports_adapter:
+            method.export(mqc, tmp / ADAPTER_SUBDIR, base_model)
+        dtype = save_base_model(loaded.model, method.base_state(mqc), loaded.tokenizer, tmp)
+        if mqc is not None:
+            mqc.save(tmp / QCONFIG_FILE)
+        card = model_card(
+            method=method.name,
+            serves=str(method.serves),
+            base_model=base_model,
+            mqc=mqc,
+            dtype=dtype,
+            auto_class="AutoModelForSequenceClassification"
+            if classifier
+            else "AutoModelForCausalLM",
+            adapter=method.exports_adapter,
+            checkpoint=str(checkpoint),
+            out_dir=str(out_dir),
+        )
+        (tmp / MODEL_CARD).write_text(card)
+    return out_dir

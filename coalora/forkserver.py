@@ -208,8 +208,13 @@ _DEFAULT_THREADS = 1  # set by serve(): the thread count this process chose at s
 def preload() -> None:
     """What the server does once for all its children: import :data:`PRELOAD`, read the
     methods' entry points and parse the embedded corpus."""
+    from coalora.bnb import import_peft
+
     for module in PRELOAD:
-        importlib.import_module(module)
+        if module == "peft":
+            import_peft()  # without bitsandbytes, which only QLoRA-bnb's jobs use (coalora/bnb.py)
+        else:
+            importlib.import_module(module)
     from coalora.methods import registered_methods
 
     registered_methods()  # the entry points, read once

@@ -260,6 +260,21 @@ def lora_wrappers(model: nn.Module) -> dict[str, LoraLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
 
 
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as it was before ``inject_lora``: each wrapper's base layer under
+    the wrapper's own name (``q_proj.base_layer.weight`` -> ``q_proj.weight``), the LoRA
+    factors left out; every other entry as the model holds it (task heads included)."""
+    wrappers = lora_wrappers(model)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        if module in wrappers:
+            continue  # the wrapper's own tensors: lora_A, lora_B
+        owner = module.removesuffix(".base_layer")
+        state[f"{owner}.{leaf}" if owner in wrappers else key] = value
+    return state
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's own tensors: every ``<name>.lora_A`` / ``<name>.lora_B`` and the task
     head's parameters (``classifier.*`` / ``score.*``), detached copies on the CPU.

@@ -4,7 +4,9 @@ A method is prepared for a base model (held once in a ``QuantizedBase``) and a t
 of configurations. The engine (``coalora.train``) then asks it, each step, for the
 configurations to train under (``configs_for_step``) and to switch the model to each one
 (``activate``). After training, ``activate`` + ``model`` give the model for any configuration
-at evaluation, and ``export`` writes a standard PEFT adapter for it.
+at evaluation, and ``export`` writes a standard PEFT adapter for it (``coalora export`` adds
+the base it belongs on, ``base_state``, for a configuration the method serves,
+``served_configuration``).
 
 What a method IS lives on its class, once: whether it trains one run per configuration
 (``per_config``), which configurations its trained model serves (``serves``), whether its ILP
@@ -32,7 +34,7 @@ import torch
 
 from . import precision
 from .export import ADAPTER_MANIFEST, export_peft_adapter, load_peft_adapter
-from .lora import inject_lora, load_lora_state_dict, lora_state_dict
+from .lora import base_state_dict, inject_lora, load_lora_state_dict, lora_state_dict
 from .mapper import CoALoRA, ConfigAwareMapper
 from .quant import ModelQConfig, QuantizedBase
 from .quant.allocate import budget_grid
@@ -152,6 +154,9 @@ class Method:
     # whatever dtype the checkpoint was loaded in. Set-ups that only add trainable parts
     # (LoRA factors are drawn in fp32) leave it as loaded.
     setup_reads_base = False
+    # ``export`` writes an adapter over a base model (``coalora export``: the base beside it);
+    # False when the whole model trains (full fine-tuning): the model is the export.
+    exports_adapter = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -298,6 +303,42 @@ class Method:
         self.model.eval()
         self.activate(mqc)
         return self.model
+
+    def served_configuration(self, asked: ModelQConfig | None) -> ModelQConfig | None:
+        """The configuration an export for ``asked`` (None: none asked) is made under, or a
+        one-line ``ValueError`` when the trained model does not serve it (``serves``): a
+        method of one configuration exports its own, a full-precision one none."""
+        if self.serves == Serves.FULL_PRECISION:
+            if asked is not None:
+                raise ValueError(
+                    f"method {self.name!r} serves full precision only: export it without "
+                    "--budget / --qconfig"
+                )
+            return None
+        if self.serves in (Serves.TRAINED_CONFIGURATION, Serves.FIXED_CONFIGURATION):
+            [own] = self.train_configs
+            if asked is not None and asked.key() != own.key():
+                raise ValueError(
+                    f"method {self.name!r} serves only the configuration it trained on "
+                    f"({own.name or 'unnamed'}, avg bits {own.avg_bits:.4f}), not "
+                    f"{asked.name or 'the one asked'} (avg bits {asked.avg_bits:.4f}): "
+                    "give no --budget / --qconfig to export its own"
+                )
+            return own
+        if asked is None:
+            raise ValueError(
+                f"method {self.name!r} serves {self.serves} configurations: give --budget or "
+                "--qconfig"
+            )
+        return asked
+
+    @torch.no_grad()
+    def base_state(self, mqc: ModelQConfig | None) -> dict[str, torch.Tensor]:
+        """The base model ``export``'s adapter belongs on under ``mqc``, as a state dict under
+        transformers' own names: each targeted matrix as the model computes with it (the
+        method's own quantized base, dequantized), every other weight as the model holds it."""
+        self.prepare_eval(mqc)
+        return base_state_dict(self.model)
 
     @torch.no_grad()
     def export(self, mqc: ModelQConfig, out_dir: str | Path, base_model: str) -> Path:

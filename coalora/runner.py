@@ -1,4 +1,4 @@
-"""Glue between the command line (and Snakemake rules) and the library: train, adapt.
+"""Glue between the command line (and Snakemake rules) and the library: train, adapt, export.
 
 ``run_training`` is THE function behind ``coalora train`` and the workflow's train rule:
 it loads the model and task, builds the method's training set of configurations, runs the
@@ -293,20 +293,46 @@ def train_from_cli(args) -> None:
     )
 
 
-def adapt_from_cli(args) -> None:
-    started = time.perf_counter()
-    method, manifest = load_trained(args.checkpoint)
-    if args.qconfig:
-        mqc = ModelQConfig.load(args.qconfig, method.targets)
-    else:
+def served_configuration(method, manifest: dict, args) -> ModelQConfig | None:
+    """The configuration ``coalora adapt`` / ``coalora export`` write for: ``--budget`` (the
+    ILP configuration of that budget under the checkpoint's quantizer, as ``coalora
+    evaluate --checkpoint`` derives it), ``--qconfig`` (a configuration file), or neither
+    (the method's own, for a method of one configuration); the method refuses one it does
+    not serve (``Method.served_configuration``)."""
+    from .evaluate.configs import resolve_configs  # lazy: coalora.evaluate imports this module
+
+    asked = None
+    if args.budget is not None or args.qconfig is not None:
         spec = dataclasses.replace(
             AllocationSpec.from_cli(args), quantizer=manifest.get("quantizer", "nf")
         )
-        [mqc] = configs_for_budgets(method.loaded, [args.budget], spec, qbase=method.qbase)
+        item = args.budget if args.budget is not None else args.qconfig
+        [asked] = resolve_configs([item], method.loaded, method.qbase, spec)
+    return method.served_configuration(asked)
+
+
+def adapt_from_cli(args) -> None:
+    started = time.perf_counter()
+    method, manifest = load_trained(args.checkpoint)
+    mqc = served_configuration(method, manifest, args)
     method.prepare_eval(mqc)
     method.export(mqc, args.out, manifest["model"])
+    bits = "full precision" if mqc is None else f"avg_bits {mqc.avg_bits:.4f}"
+    print(f"wrote {args.out}: adapter for {bits} in {time.perf_counter() - started:.1f} s")
+
+
+def export_from_cli(args) -> None:
+    from .export import ADAPTER_SUBDIR, export_model
+
+    started = time.perf_counter()
+    method, manifest = load_trained(args.checkpoint)
+    mqc = served_configuration(method, manifest, args)
+    export_model(method, mqc, args.out, manifest["model"], args.checkpoint)
+    bits = "full precision" if mqc is None else f"{mqc.name} (avg_bits {mqc.avg_bits:.4f})"
+    adapter = f" + {ADAPTER_SUBDIR}/" if method.exports_adapter else ""
     print(
-        f"wrote {args.out}: adapter for avg_bits {mqc.avg_bits:.4f} in {time.perf_counter() - started:.1f} s"
+        f"wrote {args.out}: {method.name} on {manifest['model']} under {bits}{adapter} "
+        f"in {time.perf_counter() - started:.1f} s"
     )
 
 

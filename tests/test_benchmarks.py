@@ -88,3 +88,13 @@ def test_lora_fusion_times_both_paths_and_finds_them_identical():
         row = re.search(rf"^{part}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d. ]+$", text, re.M)
         assert row and float(row.group(1)) > 0 and float(row.group(2)) > 0, text
     assert "logits and trained weights bit-identical on both paths: yes" in text
+
+
+def test_peft_import_puts_both_ways_side_by_side():
+    cmd = [sys.executable, str(REPO / "benchmarks" / "peft_import.py"), "--repeat", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, check=True)
+    text = out.stdout
+    assert re.search(r"^import_peft\s+[\d.]+\s+[\d.]+\s+\[False\]$", text, re.M), text
+    assert re.search(r"^plain\s+[\d.]+\s+[\d.]+\s+\[True\]$", text, re.M), text
+    assert re.search(r"^plain / import_peft \(cpu\): [\d.]+x, over 1 runs each$", text, re.M)
