@@ -16,7 +16,7 @@ from coalora.cli import main
 from coalora.evaluate.results import FULL_PRECISION, SCHEMA, read_results, write_result
 from coalora.verdicts import claimbook, claims, claims_report, power
 from coalora.verdicts.sensitivity import FLAT_TEXT
-from coalora.verdicts.stats import Interval, interval_from_components
+from coalora.verdicts.stats import MIN_SEEDS, Interval, interval_from_components
 
 CONFIGS = [("b2.5", 2.5), ("b3", 3.0), ("b4", 4.0), ("u2.75", 2.75)]
 N_EXAMPLES = 600
@@ -458,7 +458,7 @@ DESIGNS = {
 def test_planned_designs_decide_in_80_percent_of_simulated_replications(design):
     components, effect, relation, threshold = DESIGNS[design]
     plan = power.plan(components, effect, relation, threshold)
-    assert plan.decidable and 2 <= plan.seeds <= power.MAX_SEEDS, plan
+    assert plan.decidable and MIN_SEEDS <= plan.seeds <= power.MAX_SEEDS, plan
     assert plan.test_examples <= components.max_test and plan.power >= 0.8
     rng = np.random.default_rng(zlib.crc32(design.encode()))
     rate = simulated_decision_rate(

@@ -12,6 +12,7 @@ import pytest
 from coalora.cli import main
 from coalora.verdicts import seedplan
 from coalora.verdicts.claims import NOT_GATED
+from coalora.verdicts.stats import MIN_SEEDS
 
 GROUP_A = {"model": "m", "task": "t", "quantizer": "nf"}
 GROUP_B = {"model": "m", "task": "t", "quantizer": "int"}
@@ -95,6 +96,8 @@ def test_a_corrupt_benchmark_file_is_named(tmp_path):
         (0.4, 0.67, 0.1, 400, "within", 1.0, "gap", 20),  # C4, were its test noise small
         (1.42, 0.031, 0.0, 0, "less", 1.0, "time_ratio", 2),  # a time ratio (log scale)
         (-0.005, 0.0019, 0.0005, 8, "greater", 0.0, "hv_diff", 6),
+        (3.0, 0.2, 0.5, 400, "greater", 0.0, "gap", 2),  # two seeds: t with one df
+        (0.1, 0.05, 0.3, 400, "within", 1.0, "gap", 2),
     ],
 )
 def test_simulated_verdicts_agree_with_the_analytic_power(
@@ -159,7 +162,7 @@ def test_the_search_keeps_to_the_budget_and_spends_on_what_can_decide():
     best = planner.best(budget, max_seeds=16, top=3, target=1)
     assert all(a.wall_seconds <= budget for a in best)
     assert best[0].seeds == {"a": 2, "b": 10}
-    assert all(min(a.seeds.values()) >= 2 for a in best)
+    assert all(min(a.seeds.values()) >= MIN_SEEDS for a in best)
     dropped = planner.best(budget, max_seeds=16, top=1, drop=True, target=1)[0]
     assert dropped.seeds == {"a": 0, "b": 14}  # a's 40 job-seconds buy b four more seeds
     assert dropped.at_least(1) > best[0].at_least(1)

@@ -8,7 +8,8 @@ Map of the modules, in the order a verdict is built:
 - ``claims.yaml``: the paper's claims as data: each claim's tests (two sides, a statistic,
   a relation to a threshold), the non-inferiority margins and the paper's own numbers.
 - ``claimbook``: ``claims.yaml`` loaded and checked (unknown keys refused).
-- ``stats``: intervals over training seeds and test samples (paired bootstrap, Welch).
+- ``stats``: intervals over training seeds and test samples (paired bootstrap; t over
+  seeds, normal over test samples; ``MIN_SEEDS`` for a verdict).
 - ``sensitivity``: the per-group gate: can the reference method tell its budgets apart?
 - ``paper``: the paper's effect for a test, and where it lies against our interval.
 - ``power``: what an open test would take to decide (seeds, examples, core-seconds).

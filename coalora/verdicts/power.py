@@ -1,25 +1,28 @@
 """What deciding a test would take: the seeds and test examples, and their price.
 
-A test's interval (``coalora.verdicts.stats``) is ``D +- t * sqrt(var_seed / S + var_test / n)``: the
-seed part shrinks with the seeds S, the test part with the test examples n (every seed is
-evaluated on the same examples, so test noise does not average out over seeds). From one run's
-estimates of the two components (``Components``: ``var_seed = se_seed^2 * S`` and
+A test's interval (``coalora.verdicts.stats``) is ``D +- sqrt(t^2 var_seed / S + z^2 var_test
+/ n)``: the seed part shrinks with the seeds S, the test part with the test examples n (every
+seed is evaluated on the same examples, so test noise does not average out over seeds). From
+one run's estimates of the two components (``Components``: ``var_seed = se_seed^2 * S`` and
 ``var_test = se_test^2 * n``, the per-example test variance) the planner finds the cheapest
-design (S in 2..``max_seeds``, n up to the test examples there are) at which the interval
-decides the test with the wanted power if the true effect is ``effect``:
+design (S in ``MIN_SEEDS``..``max_seeds``, n up to the test examples there are) at which the
+interval decides the test with the wanted power if the true effect is ``effect``:
 
 - ``greater`` / ``less`` a threshold: the interval lies wholly on the effect's side of it
   (holds if the effect is on the claimed side, contradicted otherwise);
 - ``within`` a margin: wholly inside (-margin, margin) when the effect is inside, wholly
   beyond it on the effect's side when it is outside.
 
-Power uses the noncentral t (``scipy.stats.nct``) with the interval's own t quantile and
-Welch-Satterthwaite degrees of freedom at the planned design (``stats.quantile``); for
-``within``, the two one-sided powers combined (``P(a and b) >= P(a) + P(b) - 1``).
-``tests/test_claims.py`` checks the plans by simulation. The price is in core-seconds on
-the machine that ran the records (each job runs one thread unless configured otherwise):
-per seed the compared runs' training seconds, their records' setup seconds and their
-evaluation seconds scaled to n examples.
+Power is the chance that the interval, built as ``stats.half_width`` builds it at the planned
+design, lies wholly on one side: the estimate is normal around the effect, and the seed part
+of the half-width is estimated from S seeds (a scaled chi-square with S - 1 degrees of
+freedom, independent of the estimate), over which the chance is averaged (``SEED_NODES``
+quantiles). For ``within`` the interval must clear both bounds; at a given half-width that
+is ``P(a) + P(b) - 1`` exactly. ``tests/test_claims.py`` checks the plans by simulation.
+
+The price is in core-seconds on the machine that ran the records (each job runs one thread
+unless configured otherwise): per seed the compared runs' training seconds, their records'
+setup seconds and their evaluation seconds scaled to n examples.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from ..report import run_totals_per_seed
-from .stats import CONFIDENCE, quantile
+from .stats import CONFIDENCE, MIN_SEEDS, half_width
 
 POWER = 0.8
 MAX_SEEDS = 64
@@ -41,6 +44,7 @@ MAX_SEEDS = 64
 # the normal approximation behind the test-sample part of the interval wears thin.
 MIN_EXAMPLES = 100
 EXAMPLE_GRID = 160  # test sizes tried, log-spaced between MIN_EXAMPLES and the maximum
+SEED_NODES = 64  # quantiles of the seed variance's chi-square that power averages over
 
 
 SECONDS = ("train_seconds", "setup_seconds", "eval_seconds")
@@ -121,40 +125,39 @@ def power(
 ):  # fmt: skip
     """The probability that the interval decides the test at ``seeds`` x ``examples`` (arrays
     broadcast) if the true effect is ``effect``; see the module docstring."""
-    seeds = np.asarray(seeds, float)
+    seeds = np.asarray(seeds, float)[..., None]  # the last axis: the seed variance's nodes
     se_seed2 = components.var_seed / seeds
-    se_test2 = components.var_test / np.maximum(np.asarray(examples, float), 1.0)
-    se_test2 = se_test2 * np.ones_like(se_seed2)
+    se_test2 = components.var_test / np.maximum(np.asarray(examples, float), 1.0)[..., None]
     se = np.sqrt(se_seed2 + se_test2)
-    t, df = quantile(se_seed2, se_test2, seeds, confidence)
+    df = np.maximum(seeds - 1, 1.0)
+    nodes = (np.arange(SEED_NODES) + 0.5) / SEED_NODES
+    half = half_width(se_seed2 * scipy_stats.chi2.ppf(nodes, df) / df, se_test2, seeds, confidence)
 
-    def one_sided(distance):  # P(the estimate clears a bound at ``distance`` true SEs)
-        nc = np.divide(distance, se, out=np.full_like(se, np.inf), where=se > 0)
-        normal = scipy_stats.norm.sf(t - nc)
-        finite = np.isfinite(df) & (se_seed2 > 0)
-        with np.errstate(invalid="ignore"):
-            student = scipy_stats.nct.sf(t, np.where(finite, df, 1.0), np.where(finite, nc, 0.0))
-        # nct loses itself far in the tail (NaN): there the normal limit is exact enough
-        return np.where(finite & np.isfinite(student), student, normal)
+    def one_sided(distance):  # P(the estimate clears a bound at ``distance``), per node
+        beyond = np.where(distance > half, np.inf, -np.inf)  # no noise: it does or it does not
+        return scipy_stats.norm.cdf(np.divide(distance - half, se, out=beyond, where=se > 0))
 
     if relation in ("greater", "less"):
-        return one_sided(abs(effect - threshold))
-    if relation == "within":
+        decided = one_sided(abs(effect - threshold))
+    elif relation == "within":
         if abs(effect) >= threshold:
-            return one_sided(abs(effect) - threshold)
-        both = one_sided(threshold + effect) + one_sided(threshold - effect) - 1.0
-        return np.clip(both, 0.0, 1.0)
-    raise ValueError(f"unknown relation {relation!r}")
+            decided = one_sided(abs(effect) - threshold)
+        else:
+            both = one_sided(threshold + effect) + one_sided(threshold - effect) - 1.0
+            decided = np.clip(both, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown relation {relation!r}")
+    return decided.mean(axis=-1)
 
 
 def plan(
     components: Components, effect: float, relation: str, threshold: float, *,
     target: float = POWER, max_seeds: int = MAX_SEEDS, confidence: float = CONFIDENCE,
 ) -> Plan:  # fmt: skip
-    """The cheapest (seeds, test examples) in 2..``max_seeds`` x up to ``components.max_test``
-    at which the test is decided with probability ``target`` if the effect is ``effect``
-    (``components``: a ``Components`` or a claims-table row). ``effect`` and ``threshold``
-    on the interval's scale: log ratios for time ratios."""
+    """The cheapest (seeds, test examples) in ``MIN_SEEDS``..``max_seeds`` x up to
+    ``components.max_test`` at which the test is decided with probability ``target`` if the
+    effect is ``effect`` (``components``: a ``Components`` or a claims-table row). ``effect``
+    and ``threshold`` on the interval's scale: log ratios for time ratios."""
     if not isinstance(components, Components):
         components = Components.from_row(components)
     if not math.isfinite(effect):
@@ -164,7 +167,7 @@ def plan(
             None, None, None, math.nan,
             "no noise measured (the same effect at every seed and test resampling)",
         )  # fmt: skip
-    seeds = np.arange(2, max_seeds + 1)[:, None]
+    seeds = np.arange(MIN_SEEDS, max_seeds + 1)[:, None]
     if components.var_test > 0:
         low = max(min(MIN_EXAMPLES, components.n_test, components.max_test), 1)
         grid = np.geomspace(low, components.max_test, EXAMPLE_GRID).round().astype(int)

@@ -53,7 +53,7 @@ from . import claims, power
 from .compare import CURVE_GLOB, RECORD_GLOB, SEED_FOLDER
 from .sensitivity import sensitivity_frame
 from .settled import NO_CURVE, NOT_GATED
-from .stats import quantile
+from .stats import MIN_SEEDS, half_width
 
 # The method label of the unadapted evaluation: evaluated once per experiment (a fixed cost).
 UNADAPTED = "none"
@@ -144,8 +144,7 @@ def simulated_intervals(effect: float, components: power.Components, seeds: int,
     z_seed, z_test = rng.standard_normal((2, draws))
     estimate = effect + z_seed * math.sqrt(se_seed2) + z_test * math.sqrt(se_test2)
     estimated_seed2 = se_seed2 * rng.chisquare(seeds - 1, draws) / (seeds - 1)
-    t, _ = quantile(estimated_seed2, np.full(draws, se_test2), seeds)
-    half = t * np.sqrt(estimated_seed2 + se_test2)
+    half = half_width(estimated_seed2, se_test2, seeds)
     return estimate - half, estimate + half
 
 
@@ -271,7 +270,7 @@ class SeedPlanner:
         for _, row in self.table.iterrows():
             name = self.experiment_of.get(tuple(row[k] for k in GROUP_KEYS))
             s = seeds.get(name, 0) if name else 0
-            if s < 2:  # not run, or one seed: decides nothing
+            if s < MIN_SEEDS:  # not run, or too few seeds: decides nothing
                 continue
             h, c = self._row_decisions(row, s)
             claim = row["claim"]
@@ -290,8 +289,8 @@ class SeedPlanner:
              target: int = 4) -> list[Allocation]:  # fmt: skip
         """The ``top`` allocations within the budget, by the chance of at least ``target``
         decided claims (then the expected number, then the shorter wall time); every
-        experiment keeps at least 2 seeds unless ``drop``."""
-        choices = ([0] if drop else []) + list(range(2, max_seeds + 1))
+        experiment keeps at least ``MIN_SEEDS`` seeds unless ``drop``."""
+        choices = ([0] if drop else []) + list(range(MIN_SEEDS, max_seeds + 1))
         fits = []
         for combo in itertools.product(choices, repeat=len(self.experiments)):
             seeds = dict(zip(self.experiments, combo, strict=True))
@@ -400,8 +399,8 @@ def plan_text(planner: SeedPlanner, measured: dict[str, int], budget_minutes: fl
         "",
     ]
     best = planner.best(budget_minutes * 60, max_seeds, drop=drop, top=top, target=target)
-    keep = "" if drop else ", every experiment kept with >= 2 seeds"
-    lines.append(f"best within {budget_minutes:g} min (seeds 2..{max_seeds}{keep}):")
+    keep = "" if drop else f", every experiment kept with >= {MIN_SEEDS} seeds"
+    lines.append(f"best within {budget_minutes:g} min (seeds {MIN_SEEDS}..{max_seeds}{keep}):")
     if not best:
         lines.append("  none fits: the smallest allocation is over the budget")
     else:
@@ -410,8 +409,10 @@ def plan_text(planner: SeedPlanner, measured: dict[str, int], budget_minutes: fl
 
 
 def plan_from_cli(args) -> None:
-    if args.cores < 1 or args.minutes <= 0 or args.max_seeds < 2 or args.target < 1:
-        raise ValueError("--cores, --minutes and --target must be positive, --max-seeds >= 2")
+    if args.cores < 1 or args.minutes <= 0 or args.max_seeds < MIN_SEEDS or args.target < 1:
+        raise ValueError(
+            f"--cores, --minutes and --target must be positive, --max-seeds >= {MIN_SEEDS}"
+        )
     if args.wall is not None and args.wall <= 0:
         raise ValueError(f"--wall must be positive seconds, got {args.wall}")
     planner, measured = planner_from_run(args.results, args.cores, args.wall)
