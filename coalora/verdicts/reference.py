@@ -8,10 +8,11 @@ every evaluation record (compare pairs them with a rerun's), each experiment's
 writes ``MACHINE.json`` / ``MACHINE.md``: where, when and from which commit the run came, and
 what it cost (``scripts/measure.py``'s record of ``make run``, when there is one).
 
-``coalora headline results/reference`` prints the README's headline: one row per claim of
-the paper with its verdict, and the scale it was reached at (model, parameters, optimizer
-steps per run, seeds) beside the paper's. ``--readme README.md`` writes it between the
-README's markers, ``--check`` only says whether the README shows it (exit 1 if not).
+``coalora headline results/reference`` prints the README's blocks: the headline (one row per
+claim of the paper with its verdict, and the scale it was reached at: model, parameters,
+optimizer steps per run, seeds, beside the paper's) and the cost (wall time, peak memory,
+disk, and the machine). ``--readme README.md`` writes them between the README's markers,
+``--check`` only says whether the README shows them (exit 1 if not).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ COPIED_DIRS = ("tables", "figures", "benchmarks")
 PREPARED = "prepared.json"  # results/<exp>/prepared.json: the model's size
 MEASUREMENT = Path("logs", "run.json")  # scripts/measure.py's record of `make run`
 MACHINE_JSON, MACHINE_MD = "MACHINE.json", "MACHINE.md"
-BEGIN = "<!-- headline: begin (rendered by `coalora headline results/reference`; do not edit) -->"
-END = "<!-- headline: end -->"
+# The README's blocks rendered from the reference run, each between its two markers.
+BEGIN = "<!-- {}: begin (rendered by `coalora headline results/reference`; do not edit) -->"
+END = "<!-- {}: end -->"
 GIB = 1024**3
 
 
@@ -192,51 +194,75 @@ def headline(reference: str | Path) -> str:
             f"| {'; '.join(str(len(s['seeds'])) for s in ours) or '-'} "
             f"| {paper['model']} | {paper['parameters']} | {paper['steps']} | {paper['seeds']} |"
         )
-    m, run = info["machine"] or {}, info["measurement"]
-    cost = f"wall {_minutes(run)}, peak memory {_memory(run)}" if run else "wall time not measured"
+    m = info["machine"] or {}
     lines = [
-        f"Reference run: code `{info['code_version']}`, claims written "
-        f"{info['claims_written_utc']}, on {m.get('cpu', 'an unrecorded machine')} "
-        f"({info['compute_dtype']}); {cost}. Every test with its 95% interval: "
-        f"[results/reference/claims.md](results/reference/claims.md); the machine: "
-        f"[results/reference/MACHINE.md](results/reference/MACHINE.md).",
+        f"The reference run (`make run` at `{info['code_version']}`, claims written "
+        f"{info['claims_written_utc']}, {m.get('cpu', 'an unrecorded machine')}, "
+        f"{info['compute_dtype']}); every test with its 95% interval: "
+        f"[results/reference/claims.md](results/reference/claims.md).",
         "",
         *rows,
     ]
     return "\n".join(lines) + "\n"
 
 
-def readme_with(readme_text: str, block: str, readme: str = "README.md") -> str:
-    """The README with ``block`` between its headline markers."""
-    if readme_text.count(BEGIN) != 1 or readme_text.count(END) != 1:
-        raise ValueError(
-            f"{readme}: needs exactly one pair of headline markers ({BEGIN} ... {END})"
-        )
-    head, rest = readme_text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{block}{END}{tail}"
+def cost(reference: str | Path) -> str:
+    """What the reference run cost, and where (the README's quick start)."""
+    info = read_json(Path(reference) / MACHINE_JSON, "reference run description")
+    m, run = info["machine"] or {}, info["measurement"]
+    where = (
+        f"{m.get('cpu', 'an unrecorded CPU')} ({', '.join(m.get('isa', [])) or 'no AVX'}; "
+        f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'})"
+    )
+    if not run:
+        return f"Measured on {where}: wall time, memory and disk not recorded.\n"
+    disk = ", ".join(f"`{p}/` {b / GIB:.2f} GiB" for p, b in run["disk_bytes"].items())
+    return (
+        f"The reference run, measured by `make run` itself on {where}, {run['host_cpus']} "
+        f"CPUs, started {run['started_utc']}, at `{info['code_version']}`: **wall "
+        f"{_minutes(run)}**, **peak memory {_memory(run)}** (its processes' proportional set "
+        f"size), **disk** {disk} and {run['cache_bytes'] / GIB:.2f} GiB of caches "
+        f"(`$COALORA_CACHE`: models, cost tables).\n"
+    )
+
+
+def rendered(reference: str | Path) -> dict[str, str]:
+    """Every README block from a reference run, by name."""
+    return {"headline": headline(reference), "cost": cost(reference)}
+
+
+def readme_with(readme_text: str, blocks: dict[str, str], readme: str = "README.md") -> str:
+    """The README with each block between its markers."""
+    for name, block in blocks.items():
+        begin, end = BEGIN.format(name), END.format(name)
+        if readme_text.count(begin) != 1 or readme_text.count(end) != 1:
+            raise ValueError(f"{readme}: needs exactly one pair of markers {begin} ... {end}")
+        head, rest = readme_text.split(begin)
+        _, tail = rest.split(end)
+        readme_text = f"{head}{begin}\n{block}{end}{tail}"
+    return readme_text
 
 
 def headline_from_cli(args) -> int:
-    block = headline(args.reference)
+    blocks = rendered(args.reference)
     if not args.readme:
-        print(block, end="")
+        print("\n".join(blocks.values()), end="")
         return 0
     readme = Path(args.readme)
     current = readme.read_text()
-    wanted = readme_with(current, block, args.readme)
+    wanted = readme_with(current, blocks, args.readme)
     if args.check:
         if current != wanted:
             print(
-                f"{readme}: its headline differs from {args.reference}; update it with "
+                f"{readme}: its blocks differ from {args.reference}; update them with "
                 f"`coalora headline {args.reference} --readme {readme}`"
             )
             return 1
-        print(f"{readme}: its headline is {args.reference}'s")
+        print(f"{readme}: its blocks are {args.reference}'s")
         return 0
     with atomic_path(readme, suffix=".md") as tmp:
         tmp.write_text(wanted)
-    print(f"wrote {readme}'s headline from {args.reference}")
+    print(f"wrote {readme}'s {' and '.join(blocks)} from {args.reference}")
     return 0
 
 
