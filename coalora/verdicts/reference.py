@@ -36,6 +36,7 @@ PREPARED = "prepared.json"  # results/<exp>/prepared.json: the model's size
 MEASUREMENT = Path("logs", "run.json")  # scripts/measure.py's record of `make run`
 MACHINE_JSON, MACHINE_MD = "MACHINE.json", "MACHINE.md"
 # The README's blocks rendered from the reference run, each between its two markers.
+BLOCKS = ("headline", "cost")
 BEGIN = "<!-- {}: begin (rendered by `coalora headline results/reference`; do not edit) -->"
 END = "<!-- {}: end -->"
 GIB = 1024**3
@@ -228,7 +229,7 @@ def cost(reference: str | Path) -> str:
 
 def rendered(reference: str | Path) -> dict[str, str]:
     """Every README block from a reference run, by name."""
-    return {"headline": headline(reference), "cost": cost(reference)}
+    return dict(zip(BLOCKS, (headline(reference), cost(reference)), strict=True))
 
 
 def readme_with(readme_text: str, blocks: dict[str, str], readme: str = "README.md") -> str:
