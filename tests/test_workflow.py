@@ -418,7 +418,8 @@ def test_an_experiment_may_not_take_a_results_folder_name(tmp_path):
     bad.write_text(yaml.safe_dump(conf, sort_keys=False))
     proc = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert proc.returncode != 0
-    assert "experiment 'reference': the name is taken by results-ci/reference/" in proc.stderr
+    message = "experiment 'reference': the name is taken by results-ci/reference/"
+    assert message in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..io import atomic_dir, atomic_path, read_json
 from .claimbook import load_claims
-from .claims import overall_verdict
+from .claims import CONTRADICTED, HOLDS, overall_verdict
 from .compare import CLAIMS_FILE_NAME, find_records, run_provenance
 
 NAME = "reference"  # results/reference/; no experiment may take this name (common.smk)
@@ -187,6 +187,7 @@ def headline(reference: str | Path) -> str:
         ours = [scales.get(g, {"steps": (), "seeds": (), "parameters": None}) for g in groups]
         paper = book.paper_scale_of(claim)
         verdict = overall_verdict(mine["verdict"].tolist())
+        verdict = f"**{verdict}**" if verdict in (HOLDS, CONTRADICTED) else verdict
         rows.append(
             f"| {claim.id} {claim.claim} | {verdict} "
             f"| {'; '.join(f'{m} ({t}, {q.upper()})' for m, t, q in groups) or 'not run'} "
