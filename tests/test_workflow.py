@@ -411,6 +411,14 @@ def test_a_finished_run_kept_as_the_reference_and_a_rerun_compared_with_it(ci_ru
     assert proc.returncode == 0 and "no reference run" in proc.stdout
 
 
+@pytest.mark.slow
+def test_the_html_report_of_a_finished_run(ci_run, tmp_path):
+    """docs/usage.md: `snakemake --report report.html` after a run (figures and tables)."""
+    html = tmp_path / "report.html"
+    snakemake(ci_run, "--report", str(html), "--configfile", preset("ci.yaml"))
+    assert html.stat().st_size > 10_000
+
+
 def test_an_experiment_may_not_take_a_results_folder_name(tmp_path):
     conf = yaml.safe_load(Path(preset("ci.yaml")).read_text())
     conf["experiments"]["reference"] = conf["experiments"].pop("tiny-bert-testament")
