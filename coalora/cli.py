@@ -145,6 +145,18 @@ def _cmd_compare(args) -> int:
     return compare_from_cli(args)
 
 
+def _cmd_reference(args) -> int:
+    from .verdicts.reference import reference_from_cli
+
+    return reference_from_cli(args)
+
+
+def _cmd_headline(args) -> int:
+    from .verdicts.reference import headline_from_cli
+
+    return headline_from_cli(args)
+
+
 def _cmd_plan(args) -> None:
     from .verdicts.seedplan import plan_from_cli
 
@@ -303,7 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV to write (one row per claim test)")
     p.add_argument("--markdown", help="Markdown report to write (also printed)")
     p.add_argument("--gaps", help="CSV to write: per experiment and method, the metric gap B - A")
+    p.add_argument(
+        "--brief",
+        action="store_true",
+        help="print a few lines (bit for bit, statistically, or the tests that differ) "
+        "instead of the report (--markdown still writes the report)",
+    )
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "reference", help="keep a finished run as the reference (results/reference/)"
+    )
+    p.add_argument("results", help="a finished results directory")
+    p.add_argument("--out", default="results/reference", help="where to write it (replaced)")
+    p.set_defaults(func=_cmd_reference)
+
+    p = sub.add_parser("headline", help="the README's headline (claims at scale) from a reference")
+    p.add_argument("reference", nargs="?", default="results/reference")
+    p.add_argument("--readme", help="write it between this README's headline markers")
+    p.add_argument("--check", action="store_true", help="with --readme: exit 1 if it differs")
+    p.set_defaults(func=_cmd_headline)
 
     p = sub.add_parser(
         "plan", help="seeds per experiment that decide the most claims within a time budget"

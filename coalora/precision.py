@@ -5,7 +5,8 @@ setting ``compute_dtype`` (training and evaluation) is ``bf16``, ``fp32`` or ``a
 
 - ``auto`` is bf16 where the hardware has bf16 matrix units (a CUDA GPU that supports bf16; a
   CPU with AMX-BF16 or AVX512-BF16, detected by ``coalora.machine``), fp32 elsewhere: on CPUs
-  without them oneDNN emulates bf16 GEMMs at a fraction of fp32's speed (ARCHITECTURE.md);
+  without them oneDNN emulates bf16 GEMMs at a fraction of fp32's speed (measured:
+  benchmarks/README.md, "Compute dtype");
 - ``bf16`` is honoured everywhere, with one warning where it will be slow.
 
 In bf16 the frozen base (its dequantized working weights, embeddings, norms) is *held* in

@@ -350,6 +350,7 @@ def prepare(model: str, task: str, out: str | Path, seed: int = 0) -> dict:
         "task_kind": task_data.spec.kind,
         "task_metric": task_data.spec.metric,
         "task_sizes": task_data.sizes,
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),  # the model's size
         "num_targets": len(targets),
         "quantized_parameters": sum(t.numel for t in targets),
         "base_weights_hash": weights_hash(loaded.model),

@@ -6,12 +6,14 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -321,6 +323,104 @@ def test_run_floor_counts_every_job_once(ci_run):
         assert 0 < its_engine <= its_engine_jobs_s < its_job_s, name
     floor = re.search(r"engine seconds / 2 = (\d+) s", text)
     assert floor and abs(int(floor.group(1)) - engine / 2) <= 1, text
+
+
+def coalora_cli(*args, cwd=REPO):
+    return subprocess.run(
+        [sys.executable, "-m", "coalora.cli", *map(str, args)],
+        capture_output=True, text=True, env=ENV, cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_finished_run_kept_as_the_reference_and_a_rerun_compared_with_it(ci_run, tmp_path):
+    """`make reference`'s copy of a run holds what `coalora compare` and the README need; the
+    run compared with it is bit-identical; a record that differs makes it statistical, a
+    verdict that differs is named; `make compare-reference` reports a difference and
+    succeeds; the README's blocks render from it."""
+    from coalora.verdicts import compare, reference
+
+    run = tmp_path / "results"
+    shutil.copytree(ci_run / "results-ci", run)
+    # What `make run` records (scripts/measure.py), here around a trivial command.
+    measure = [sys.executable, str(REPO / "scripts" / "measure.py")]
+    subprocess.run(
+        [*measure, "--out", run / "logs" / "run.json", "--disk", run, "--", "true"],
+        check=True,
+        env=ENV,
+        cwd=tmp_path,
+    )
+    kept = tmp_path / "reference"
+    proc = coalora_cli("reference", run, "--out", kept)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("claims.csv", "claims.md", "table1.csv", "table1.md", "MACHINE.json",
+                 "MACHINE.md", "tables/paper.csv", "figures/tiny-llama-lm_pareto.png",
+                 "benchmarks/claims.tsv"):  # fmt: skip
+        assert (kept / name).is_file(), name
+    assert compare.find_records(kept) == compare.find_records(run)
+    assert not list(kept.rglob("checkpoint")) and not list(kept.rglob("*.safetensors"))
+    info = json.loads((kept / "MACHINE.json").read_text())
+    assert info["measurement"]["command"] == "true" and info["machine"]["cpu"]
+    prepared = json.loads((kept / "tiny-bert-testament" / "prepared.json").read_text())
+    assert prepared["parameters"] > prepared["quantized_parameters"] > 0
+
+    # The README's blocks: one row per claim of the paper, our scale beside the paper's.
+    blocks = reference.rendered(kept)
+    rows = [line for line in blocks["headline"].splitlines() if line.startswith("| C")]
+    assert [r.split()[1] for r in rows] == [f"C{i}" for i in range(1, 9)]
+    c1 = next(r for r in rows if r.startswith("| C1 "))
+    assert "tiny-bert (bible-testament, NF)" in c1 and "| 6 | 2 |" in c1 and "RoBERTa-large" in c1
+    assert "wall 0 min" in blocks["cost"] and "no GPU" in blocks["cost"]
+    assert coalora_cli("headline", tmp_path / "nothing").returncode == 2
+
+    # The run against its own copy: bit for bit, in one line.
+    proc = coalora_cli("compare", kept, run, "--brief")
+    assert proc.returncode == 0 and "bit for bit" in proc.stdout
+    assert len(proc.stdout.splitlines()) == 1, proc.stdout
+    # A record whose last bits differ: statistically, with the count.
+    record = run / "tiny-llama-lm" / "coalora" / "s0" / "eval" / "b3.json"
+    data = json.loads(record.read_text())
+    data["metrics"]["perplexity"] *= 1 + 1e-12
+    record.write_text(json.dumps(data))
+    proc = coalora_cli("compare", kept, run, "--brief")
+    assert proc.returncode == 0 and "statistically" in proc.stdout
+    assert (
+        f"{len(compare.find_records(run)) - 1} of {len(compare.find_records(run))}" in proc.stdout
+    )
+    # A verdict that differs: named, exit 1; make's comparison reports it and succeeds.
+    claims = pd.read_csv(run / "claims.csv", dtype=str, keep_default_na=False)
+    claims.loc[0, "verdict"] = "holds" if claims.loc[0, "verdict"] != "holds" else "contradicted"
+    claims.to_csv(run / "claims.csv", index=False)
+    proc = coalora_cli("compare", kept, run, "--brief")
+    assert (
+        proc.returncode == 1 and "differs" in proc.stdout and claims.loc[0, "test"] in proc.stdout
+    )
+    venv = Path(sys.executable).parent.parent
+    make = ["make", "-s", "-C", REPO, "compare-reference", f"VENV={venv}", f"RESULTS={run}"]
+    proc = subprocess.run([*make, f"REFERENCE={kept}"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0 and "differs" in proc.stdout, proc.stdout + proc.stderr
+    assert (run / "compare-reference.md").is_file()
+    proc = subprocess.run([*make, f"REFERENCE={tmp_path / 'none'}"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "no reference run" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_html_report_of_a_finished_run(ci_run, tmp_path):
+    """docs/usage.md: `snakemake --report report.html` after a run (figures and tables)."""
+    html = tmp_path / "report.html"
+    snakemake(ci_run, "--report", str(html), "--configfile", preset("ci.yaml"))
+    assert html.stat().st_size > 10_000
+
+
+def test_an_experiment_may_not_take_a_results_folder_name(tmp_path):
+    conf = yaml.safe_load(Path(preset("ci.yaml")).read_text())
+    conf["experiments"]["reference"] = conf["experiments"].pop("tiny-bert-testament")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(conf, sort_keys=False))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    message = "experiment 'reference': the name is taken by results-ci/reference/"
+    assert message in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

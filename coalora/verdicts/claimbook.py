@@ -117,17 +117,30 @@ class Claim:
         return self.gated if test.gated is None else test.gated
 
 
+# What the paper's scale names, per metric of a claim's groups (claims.yaml `paper_scale`).
+SCALE_FIELDS = ("model", "parameters", "data", "steps", "seeds")
+
+
 @dataclass(frozen=True)
 class ClaimBook:
     claims: tuple[Claim, ...]
     paper_table1: dict
-    paper_scale: str
+    paper_scale: dict  # "higher" / "lower" -> {SCALE_FIELDS}
     margins: dict[str, Margin] = field(default_factory=dict)
     ceiling: str = ""  # the full-precision LoRA method label (sensitivity diagnostic)
     min_effect: dict[str, str] = field(default_factory=dict)  # "higher"/"lower" -> margin
     planning: dict = field(default_factory=dict)
     # the settled gate: {"snapshot": fraction, "tolerance": {statistic: margin name(s)}}
     settled: dict = field(default_factory=dict)
+
+    def paper_scale_of(self, claim: Claim) -> dict:
+        """The paper's scale for a claim: by its groups' metric (``any``: the paper ran it on
+        GLUE, as ``higher``)."""
+        return self.paper_scale["lower" if claim.groups.get("metric") == "lower" else "higher"]
+
+    def paper_scale_text(self, metric: str = "higher") -> str:
+        s = self.paper_scale[metric]
+        return f"{s['model']} ({s['parameters']}) on {s['data']}, {s['steps']}, seeds {s['seeds']}"
 
     def min_effect_of(self, group: report.Group) -> Margin:
         return self.margins[self.min_effect["higher" if group.higher_is_better else "lower"]]
@@ -153,6 +166,15 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimBook:
     for what, keys in (("unknown", set(data) - BOOK_KEYS), ("missing", BOOK_KEYS - set(data))):
         if keys:
             raise ValueError(f"{path}: {what} key(s) {sorted(keys)}")
+    scale = data["paper_scale"]
+    if (
+        not isinstance(scale, dict)
+        or set(scale) != {"higher", "lower"}
+        or any(not isinstance(s, dict) or set(s) != set(SCALE_FIELDS) for s in scale.values())
+    ):
+        raise ValueError(
+            f"{path}: paper_scale needs higher and lower, each with {', '.join(SCALE_FIELDS)}"
+        )
     margins = {name: Margin(**m) for name, m in data["margins"].items()}
     sensitivity, planning = data["sensitivity"], data["planning"]
     if set(planning) != PLANNING_KEYS:

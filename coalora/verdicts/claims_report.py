@@ -228,7 +228,7 @@ def paper_table(
                         "ours": r.effect, "low": r.low, "high": r.high, "noise": r.noise,
                         "paper_position": r.paper_position, "verdict": r.verdict,
                         "reading": r.reading,
-                        "scale": f"paper: {book.paper_scale}; ours: {r.scale}",
+                        "scale": f"paper: {book.paper_scale_text()}; ours: {r.scale}",
                     }
                 )  # fmt: skip
     return pd.DataFrame(rows, columns=PAPER_COLUMNS)

@@ -542,10 +542,33 @@ def markdown(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
+def brief(comparison: Comparison) -> str:
+    """A few lines: does B reproduce A bit for bit, statistically, or where does it differ."""
+    c = comparison
+    records = c.records
+    identical = int((records["metrics_identical"] & records["per_example_identical"]).sum())
+    bits = f"{identical} of {len(records)} shared evaluation records bit-identical"
+    only = [f"{len(paths)} only in {run}" for run, paths in c.only_records.items() if paths]
+    if only:
+        bits += f" ({', '.join(only)})"
+    bad = failing(c.tests)
+    if not bad.empty:
+        head = f"{c.b.root} differs from {c.a.root}: {len(bad)} of {len(c.tests)} claim tests"
+        shown = [f"  {line}" for line in c.failing_lines()[:5]]
+        more = [f"  ... and {len(bad) - 5} more"] if len(bad) > 5 else []
+        return "\n".join([f"{head}; {bits}", *shown, *more]) + "\n"
+    if identical == len(records) and len(records) and not only:
+        return f"{c.b.root} reproduces {c.a.root} bit for bit: {bits}\n"
+    why = f"; why: {'; '.join(why_summary(records))}" if identical < len(records) else ""
+    return (
+        f"{c.b.root} reproduces {c.a.root} statistically (every claim test agrees): {bits}{why}\n"
+    )
+
+
 def compare_from_cli(args) -> int:
     """Compare, then write the CSV and Markdown (only once every input has been read)."""
     comparison = compare_runs(args.a, args.b)
-    text = markdown(comparison)
+    text = brief(comparison) if getattr(args, "brief", False) else markdown(comparison)
     if args.out:
         with atomic_path(args.out, suffix=".csv") as tmp:
             comparison.tests.to_csv(tmp, index=False, float_format="%.6g")
@@ -554,10 +577,10 @@ def compare_from_cli(args) -> int:
             comparison.gaps.to_csv(tmp, index=False, float_format="%.6g")
     if args.markdown:
         with atomic_path(args.markdown, suffix=".md") as tmp:
-            tmp.write_text(text)
+            tmp.write_text(markdown(comparison))
     print(text, end="")
     if comparison.agree:
         return 0
-    for line in comparison.failing_lines():
+    for line in [] if getattr(args, "brief", False) else comparison.failing_lines():
         print(f"coalora compare: disagree: {line}", file=sys.stderr)
     return 1

@@ -7,6 +7,7 @@ from snakemake.settings.types import DeploymentMethod
 from coalora import forkserver
 from coalora.methods import method_traits
 from coalora.train import TrainSettings, snapshot_name, snapshot_plan
+from coalora.verdicts.reference import NAME as REFERENCE_NAME
 
 RESULTS = config.get("results", "results")
 # Fractions of every run's steps at which it is snapshotted and evaluated (its learning curve;
@@ -84,6 +85,22 @@ def _check_distinct_experiments():
 
 
 _check_distinct_experiments()
+
+# Folders of results/ that are not experiments: an experiment of one of these names would
+# write into them (reference: the kept reference run, coalora.verdicts.reference).
+RESERVED_NAMES = (REFERENCE_NAME, "benchmarks", "logs", "figures", "tables")
+
+
+def _check_reserved_names():
+    for exp in EXPERIMENTS:
+        if exp in RESERVED_NAMES:
+            raise WorkflowError(
+                f"experiment {exp!r}: the name is taken by {RESULTS}/{exp}/; "
+                f"reserved: {', '.join(RESERVED_NAMES)}"
+            )
+
+
+_check_reserved_names()
 
 
 def exp_methods(exp):
