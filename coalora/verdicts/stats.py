@@ -11,7 +11,7 @@ seed's evaluation records, giving per-seed effects ``d_s``; the reported effect 
   replacement ONCE and applies the same draw to every record being compared (all methods,
   configurations and seeds evaluated the same examples, in the same order), recomputes
   every metric from the per-example outcomes, then the per-seed effects and ``D``;
-  ``se_test^2`` is the variance of ``D`` over replicates.
+  ``se_test^2`` is the variance of ``D`` over replicates (corrected below).
 
 The interval is ``D +- sqrt((t_seed * se_seed)^2 + (t_test * se_test)^2)``: each source of
 noise gets its own 95% quantile, ``t_seed`` with S - 1 degrees of freedom for the seed part
@@ -21,7 +21,7 @@ t_{n-1} approaches for hundreds of examples). The bootstrap variance of a mean o
 is ``(n - 1) / n`` times the usual ``s^2 / n``, so ``se_test^2`` is the bootstrap's variance
 times ``n / (n - 1)``: for a mean the test part is then Student's interval exactly. With the
 8 perplexity windows of the embedded default ``z`` and the bootstrap's variance covered the
-truth 91-92% of the time at 4-7 seeds where test noise dominates; ``t_{n-1}`` alone brings
+truth 91-93% of the time at 4-7 seeds where test noise dominates; ``t_{n-1}`` alone brings
 the simulated regimes to 95%, but for a plain mean of n = 8 test-only differences it keeps
 only 93.7% (``2 F_7(t_7 sqrt(7/8)) - 1``), the correction restores 95.0%. The half-width
 lies between the smaller and the larger quantile times ``sqrt(se_seed^2 + se_test^2)``;
