@@ -432,7 +432,7 @@ def simulated_decision_rate(components, effect, relation, threshold, seeds, exam
         shift = np.sqrt(se_test2) * rng.standard_normal()
         se_seed2 = per_seed.var(ddof=1) / seeds
         interval = interval_from_components(
-            float(per_seed.mean() + shift), se_seed2, se_test2, seeds, se_test2 > 0
+            float(per_seed.mean() + shift), se_seed2, se_test2, seeds, se_test2 > 0, n_test=examples
         )
         decided += claims.verdict(interval, relation, threshold) != claims.INCONCLUSIVE
     return decided / reps
@@ -451,6 +451,9 @@ DESIGNS = {
                                "greater", 0.0),
     "equivalence within 1": (power.Components(0.5, 300.0, 600, 20000, **COSTS), 0.2,
                              "within", 1.0),
+    # all the test sample there is: the test part's quantile t with 7 degrees of freedom
+    "eight perplexity windows": (power.Components(2.0, 16.0, 8, 8, **COSTS), 5.0,
+                                 "greater", 0.0),
 }  # fmt: skip
 
 

@@ -50,7 +50,14 @@ from .settled import (
     snapshot_fractions,
     steps_text,
 )
-from .stats import BOOTSTRAP_REPLICATES, Interval, combine, log_ratio_interval, resampled_values
+from .stats import (
+    BOOTSTRAP_REPLICATES,
+    Interval,
+    combine,
+    example_count,
+    log_ratio_interval,
+    resampled_values,
+)
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive at this scale"
 NOT_TESTED = "not tested at this scale"
@@ -103,6 +110,8 @@ class GroupEvidence:
         records = rows.to_dict("records")
         self.values = resampled_values(records, group.metric, replicates)
         self.columns = self.values.shape[1]
+        # the examples each bootstrap column resamples (None: not resampled)
+        self.n_test = example_count(records[0]["per_example"]) if self.columns > 1 else None
 
     # -- sides (frames of ``rows``; their index is the row in ``values``)
     def label_rows(self, label: str) -> pd.DataFrame:
@@ -176,7 +185,7 @@ class GroupEvidence:
         per_seed = np.array(
             [[effect(prepared[s], c) for c in range(self.columns)] for s in seeds], dtype=float
         )
-        return per_seed if matrix else combine(per_seed)
+        return per_seed if matrix else combine(per_seed, n_test=self.n_test)
 
     def _scale(self, values):
         return report.gap_scale(values, self.group.higher_is_better)
@@ -396,7 +405,7 @@ def _settling(test, context, book, sides, half_sides, seeds) -> Settling:
     final = context.evidence.statistic(test, a, b, seeds, matrix=True)
     half = context.half.statistic(test, ha, hb, seeds, matrix=True)
     steps = steps_text(pd.concat([a, b]), pd.concat([ha, hb]))
-    return settle(final, half, tolerance.value, steps)
+    return settle(final, half, tolerance.value, steps, context.evidence.n_test)
 
 
 def _to_decide(test, interval, statistic, threshold, paper, components, book) -> dict:

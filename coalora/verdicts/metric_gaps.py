@@ -57,6 +57,7 @@ def metric_gaps(a: dict[str, dict], b: dict[str, dict], bound: float = BOUND) ->
             lambda s, c, diff=diff, rows_of=rows_of: float(np.mean(diff[rows_of[s], c])),
             seeds,
             diff.shape[1],
+            stats.example_count(flat[0]["per_example"]) if diff.shape[1] > 1 else None,
         )
         within = None
         if interval.decided:

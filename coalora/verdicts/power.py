@@ -1,8 +1,9 @@
 """What deciding a test would take: the seeds and test examples, and their price.
 
-A test's interval (``coalora.verdicts.stats``) is ``D +- sqrt(t^2 var_seed / S + z^2 var_test
-/ n)``: the seed part shrinks with the seeds S, the test part with the test examples n (every
-seed is evaluated on the same examples, so test noise does not average out over seeds). From
+A test's interval (``coalora.verdicts.stats``) is ``D +- sqrt(t_{S-1}^2 var_seed / S +
+t_{n-1}^2 var_test / n)``: the seed part shrinks with the seeds S, the test part with the
+test examples n (every seed is evaluated on the same examples, so test noise does not
+average out over seeds). From
 one run's estimates of the two components (``Components``: ``var_seed = se_seed^2 * S`` and
 ``var_test = se_test^2 * n``, the per-example test variance) the planner finds the cheapest
 design (S in ``MIN_SEEDS``..``max_seeds``, n up to the test examples there are) at which the
@@ -36,7 +37,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from ..report import run_totals_per_seed
-from .stats import CONFIDENCE, MIN_SEEDS, half_width
+from .stats import CONFIDENCE, MIN_SEEDS, example_count, half_width
 
 POWER = 0.8
 MAX_SEEDS = 64
@@ -127,11 +128,13 @@ def power(
     broadcast) if the true effect is ``effect``; see the module docstring."""
     seeds = np.asarray(seeds, float)[..., None]  # the last axis: the seed variance's nodes
     se_seed2 = components.var_seed / seeds
-    se_test2 = components.var_test / np.maximum(np.asarray(examples, float), 1.0)[..., None]
+    examples = np.maximum(np.asarray(examples, float), 1.0)[..., None]
+    se_test2 = components.var_test / examples
     se = np.sqrt(se_seed2 + se_test2)
     df = np.maximum(seeds - 1, 1.0)
     nodes = (np.arange(SEED_NODES) + 0.5) / SEED_NODES
-    half = half_width(se_seed2 * scipy_stats.chi2.ppf(nodes, df) / df, se_test2, seeds, confidence)
+    seed2 = se_seed2 * scipy_stats.chi2.ppf(nodes, df) / df
+    half = half_width(seed2, se_test2, seeds, confidence, n_test=examples)
 
     def one_sided(distance):  # P(the estimate clears a bound at ``distance``), per node
         beyond = np.where(distance > half, np.inf, -np.inf)  # no noise: it does or it does not
@@ -193,15 +196,9 @@ def plan(
 # --------------------------------------------------------------------------- from records
 
 
-def _per_example_size(per_example) -> int:
-    if not isinstance(per_example, dict):
-        return 0
-    return len(per_example.get("window_nll") or per_example.get("labels") or "")
-
-
 def measured_examples(rows: pd.DataFrame) -> int:
     """The test examples (or perplexity windows) the records were evaluated on (0: none)."""
-    sizes = rows["per_example"].map(_per_example_size) if "per_example" in rows else []
+    sizes = rows["per_example"].map(example_count) if "per_example" in rows else []
     return int(max(sizes, default=0))
 
 

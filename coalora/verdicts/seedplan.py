@@ -137,14 +137,14 @@ def simulated_intervals(effect: float, components: power.Components, seeds: int,
     """``draws`` simulated (low, high) of an interval at ``seeds`` seeds, for a true ``effect``
     (on the interval's scale) and the run's noise ``components``, built as ``coalora.verdicts.stats``
     builds it: the seed part's variance estimated from the seeds (a scaled chi-square), the
-    test part taken as known."""
+    test part taken as known (with the interval's t_{n-1} quantile)."""
     n = max(components.n_test, 1)
     se_seed2 = components.var_seed / seeds
     se_test2 = components.var_test / n if components.n_test else 0.0
     z_seed, z_test = rng.standard_normal((2, draws))
     estimate = effect + z_seed * math.sqrt(se_seed2) + z_test * math.sqrt(se_test2)
     estimated_seed2 = se_seed2 * rng.chisquare(seeds - 1, draws) / (seeds - 1)
-    half = half_width(estimated_seed2, se_test2, seeds)
+    half = half_width(estimated_seed2, se_test2, seeds, n_test=n if components.n_test else None)
     return estimate - half, estimate + half
 
 

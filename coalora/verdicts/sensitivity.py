@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import report
-from .stats import Interval, interval_of, resampled_values
+from .stats import Interval, example_count, interval_of, resampled_values
 
 FLAT, SENSITIVE, UNKNOWN = "flat", "sensitive", "unknown"
 FLAT_TEXT = "flat: cannot test configuration-awareness here"
@@ -94,7 +94,8 @@ def ceiling_interval(group: report.Group, label: str, replicates: int) -> Interv
     records = rows.assign(per_example=rows.get("per_example")).to_dict("records")
     values = resampled_values(records, group.metric, replicates)
     row_of = {int(s): i for i, s in enumerate(rows["seed"])}
-    return interval_of(lambda s, c: values[row_of[s], c], sorted(row_of), values.shape[1])
+    n_test = example_count(records[0].get("per_example")) if values.shape[1] > 1 else None
+    return interval_of(lambda s, c: values[row_of[s], c], sorted(row_of), values.shape[1], n_test)
 
 
 def diagnose(evidence, unit: str, min_effect, ceiling_label: str, replicates: int):
@@ -125,7 +126,7 @@ def diagnose(evidence, unit: str, min_effect, ceiling_label: str, replicates: in
         high, low = report.gap_scale(y, group.higher_is_better)
         return high - low
 
-    spread = interval_of(effect, seeds, evidence.columns)
+    spread = interval_of(effect, seeds, evidence.columns, evidence.n_test)
     if not spread.decided:
         status = UNKNOWN
     else:

@@ -97,13 +97,16 @@ class Settling:
         return f"{self.state}: half-way to end ({self.steps} steps) {moved}, {where} +-{self.tolerance:g}"
 
 
-def settle(final: np.ndarray, half: np.ndarray, tolerance: float, steps: str) -> Settling:
-    """The gate on per-seed effect matrices (seeds x 1 + bootstrap columns, as
-    ``stats.combine`` takes them) at the end and at the half-way snapshot, seeds in one order."""
+def settle(
+    final: np.ndarray, half: np.ndarray, tolerance: float, steps: str, n_test: int | None = None
+) -> Settling:
+    """The gate on per-seed effect matrices (seeds x 1 + bootstrap columns of ``n_test``
+    examples, as ``stats.combine`` takes them) at the end and at the half-way snapshot, seeds
+    in one order."""
     final, half = np.asarray(final, float), np.asarray(half, float)
     if final.shape != half.shape:  # one side has no per-example outcomes: observed only
         final, half = final[:, :1], half[:, :1]
-    change = combine(final - half)
+    change = combine(final - half, n_test=n_test)
     inside = change.counts_seeds and -tolerance < change.low and change.high < tolerance
     return Settling(SETTLED if inside else STILL_MOVING, change, tolerance, steps)
 
