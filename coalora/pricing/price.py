@@ -187,4 +187,5 @@ def price_from_cli(args) -> None:
     config = validated(config, str(path))
     costs = Path(args.costs) if args.costs else DEFAULT_COSTS
     lines, unpriced = price_jobs(config, load_costs(costs), method_traits())
-    print(render(config, lines, unpriced, costs))
+    shown = args.costs or f"{DEFAULT_COSTS.relative_to(DEFAULT_COSTS.parents[3])} (the default)"
+    print(render(config, lines, unpriced, shown))
