@@ -3,6 +3,7 @@ presets), its GPU-hours are the hand arithmetic on a constructed config and cost
 scaled figures say so, and bad input is one line with exit 2."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from coalora.methods import method_traits
 from coalora.pricing.costs import DEFAULT_COSTS, load_costs
 from coalora.pricing.jobs import counts_by_rule, grid_jobs, validated
 from coalora.pricing.price import price_jobs
+from coalora.pricing.shapes import block_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,3 +175,34 @@ def test_missing_files_are_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(SMALL))
     status, _, err = price([tmp_path / "c.yaml", "--costs", tmp_path / "none.json"], capsys)
     assert status == 2 and "none.json" in err
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_part_writes_a_table_coalora_price_reads(tmp_path):
+    # benchmarks/gpu_check.sh's CPU-possible part: the cuda tests skip, one block of each
+    # paper shape is measured on the CPU, the workflow's micro run is dry; its table prices
+    # the paper's grid, every figure scaled from one block to the whole shape, and says so.
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "PYTHON": sys.executable}
+    proc = subprocess.run(
+        [str(REPO / "benchmarks" / "gpu_check.sh"), str(out)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = load_costs(out)
+    assert {(r.shape, r.method) for r in rows} == {
+        (s, m) for s in ("roberta-large", "qwen2.5-1.5b", "llama-2-7b") for m in ("coalora", "qlora")
+    }  # fmt: skip
+    assert all(
+        r.block_parameters == block_parameters(r.shape, 1) and "CPU" in r.device for r in rows
+    )
+    assert all(r.step_seconds > 0 and "not GPU memory" in r.note for r in rows)
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["torch"] and machine["commit"] and len(machine["checks"]) == 3
+    assert "CoA-LoRA / (2 x QLoRA) step" in proc.stdout
+    priced = proc.stdout.split("4/4 the paper's grid priced")[1]
+    assert "total: 243 jobs, 184 on GPUs" in priced
+    llama = priced.split("llama-2-7b-c4:")[1].split("experiment:")[0]
+    assert (
+        f"x{block_parameters('llama-2-7b') / block_parameters('llama-2-7b', 1):.3g} params" in llama
+    )
