@@ -13,8 +13,9 @@
 # 3. a micro run of the workflow on the GPU (config/ci.yaml in a temporary folder);
 # 4. `coalora price config/paper.yaml --costs OUT.json`: the paper's grid priced on this GPU.
 #
-# With GPU_CHECK_DEVICE=cpu: step 2 on one block of each shape, a few tiny steps, on the CPU;
-# step 3 as a dry run (tests/test_price.py runs this mode). PYTHON picks the interpreter
+# With GPU_CHECK_DEVICE=cpu: step 2 on one block of the RoBERTa-large and Qwen2.5-1.5B shapes
+# (one LLaMA-2-7B block alone takes over 10 minutes on a 2-core CPU), a few tiny steps, no
+# lm-eval tasks; step 3 as a dry run (tests/test_price.py runs this mode). PYTHON picks the interpreter
 # (default: make install's .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,11 +29,12 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=
 
 case "$DEVICE" in
   cuda)
-    SHAPES_ARGS=(--device cuda --dtype bf16)
+    SHAPES_ARGS=(--shapes roberta-large,qwen2.5-1.5b,llama-2-7b --device cuda --dtype bf16)
     DRY=() ;;
   cpu)
-    SHAPES_ARGS=(--device cpu --dtype auto --layers 1 --steps 4 --batch-size 2 --max-length 32
-                 --eval-limit 4 --max-elements 16384)
+    SHAPES_ARGS=(--shapes roberta-large,qwen2.5-1.5b --device cpu --dtype auto --layers 1
+                 --steps 4 --batch-size 2 --max-length 32 --eval-limit 4 --max-elements 16384
+                 --no-lm-eval)
     DRY=(-n) ;;
   *) echo "gpu_check.sh: GPU_CHECK_DEVICE must be cuda or cpu, got '$DEVICE'" >&2; exit 2 ;;
 esac
@@ -45,8 +47,7 @@ step "1/4 tests marked cuda"
 "$PY" -m pytest -m cuda -q -p no:cacheprovider "$REPO/tests"
 
 step "2/4 paper shapes (${SHAPES_ARGS[*]})"
-"$PY" benchmarks/paper_shapes.py --shapes roberta-large,qwen2.5-1.5b,llama-2-7b \
-  "${SHAPES_ARGS[@]}" --json "$OUT"
+"$PY" benchmarks/paper_shapes.py "${SHAPES_ARGS[@]}" --json "$OUT"
 
 step "3/4 the workflow's micro run (${WORKFLOW[*]} ${DRY[*]})"
 "$PY" -m snakemake -s "$REPO/Snakefile" -d "$WORK/run" --cores all "${WORKFLOW[@]}" "${DRY[@]}" --quiet rules

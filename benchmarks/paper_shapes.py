@@ -6,11 +6,12 @@ with random weights and the tiny models' tokenizers (the vocabulary shrinks to t
 tokenizer's; every quantized matrix keeps its real shape). Each is then run through the same
 functions as the workflow's rules: ``run_training`` (CoA-LoRA with the search, then QLoRA at
 one budget) and ``evaluate_configs`` under two ILP configurations. Printed per model: block
-parameters, each method's steady seconds per step (the median step, search rounds out; the
-search round's own seconds beside it), CoA-LoRA's ratio to its floor K x QLoRA's step, the
-evaluation seconds per configuration and each method's peak GPU memory (the run's peak, its
-model, cost table and evaluation included), against the goals (peak <= 40 GB, ratio <= 1.15).
-The metrics themselves mean nothing (random weights).
+parameters, each method's steady seconds per step (the median step, leaving out the first
+and the one holding the search round, whose own seconds are printed beside it), CoA-LoRA's
+ratio to its floor K x QLoRA's step, the evaluation seconds per configuration and each
+method's peak GPU memory (the run's peak, its model, cost table and evaluation included),
+against the goals (peak <= 40 GB, ratio <= 1.15). The metrics themselves mean nothing
+(random weights).
 
 ``--json FILE`` writes the measurements as a cost table (``coalora.pricing.costs``) with the
 device, date, commit and this command, for ``coalora price CONFIG --costs FILE``.
@@ -46,6 +47,7 @@ from coalora import precision  # noqa: E402
 from coalora.budgets import AllocationSpec  # noqa: E402
 from coalora.evaluate import EvalSettings, Trained, evaluate_configs  # noqa: E402
 from coalora.io import write_json  # noqa: E402
+from coalora.machine import machine_info  # noqa: E402
 from coalora.models import tiny_tokenizer_dir  # noqa: E402
 from coalora.pricing.costs import FORMAT  # noqa: E402
 from coalora.pricing.shapes import PAPER_SHAPES, block_parameters, transformers_config  # noqa: E402
@@ -112,10 +114,11 @@ class StepClock:
     def __exit__(self, *exc):
         self.handle.remove()
 
-    def median_step(self) -> float:
-        """The median step: a search round (between two steps) and the first steps, which
-        quantize each training configuration once, are the outliers it leaves out."""
-        return statistics.median(b - a for a, b in zip(self.marks, self.marks[1:], strict=False))
+    def median_step(self, search_after: int) -> float:
+        """The median step, leaving out the first (its configurations' first quantization)
+        and the one holding the search round run after step ``search_after``."""
+        steps = [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return statistics.median(t for k, t in enumerate(steps) if k not in (0, search_after - 1))
 
 
 def run_shape(name: str, args, work: Path) -> dict:
@@ -149,7 +152,7 @@ def run_shape(name: str, args, work: Path) -> dict:
                 allocation=AllocationSpec(max_elements=args.max_elements),
                 progress=False, **extra,
             )  # fmt: skip
-        step = clock.median_step()
+        step = clock.median_step(search_after=settings.epoch_steps)
         row[f"{method} s/step"] = round(step, 4)
         measured[method] = {"step_seconds": step}
         if method == "coalora":
@@ -160,7 +163,10 @@ def run_shape(name: str, args, work: Path) -> dict:
             started = time.perf_counter()
             evaluate_configs(
                 Trained(out), [2.5, 3.5],
-                settings=EvalSettings(limit=args.eval_limit, compute_dtype=args.dtype),
+                settings=EvalSettings(
+                    limit=args.eval_limit, compute_dtype=args.dtype,
+                    lm_eval_tasks=() if args.no_lm_eval else None,
+                ),
                 allocation=AllocationSpec(max_elements=args.max_elements),
             )  # fmt: skip
             measured[method]["eval_seconds_per_config"] = (time.perf_counter() - started) / 2
@@ -182,7 +188,8 @@ def run_shape(name: str, args, work: Path) -> dict:
 def cost_table(rows: list[dict], args, started: datetime.datetime) -> dict:
     """The measurements as a cost table (``coalora.pricing.costs``)."""
     cuda = args.device.startswith("cuda")
-    device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
+    cpu = f"CPU ({machine_info('cpu')['cpu']}, {os.cpu_count()} cores)"
+    device = torch.cuda.get_device_name() if cuda else cpu
     commit = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=7"],
         capture_output=True, text=True, check=False,
@@ -199,7 +206,7 @@ def cost_table(rows: list[dict], args, started: datetime.datetime) -> dict:
             "floor_ratio": row["coalora / floor"], "goal_floor_ratio": GOAL_FLOOR_RATIO,
         })  # fmt: skip
         for method, m in row["measured"].items():
-            note = "steady step (median), search rounds out"
+            note = "steady step: the median, the first and the search round's left out"
             if method == "coalora" and row.get("search s/round") is not None:
                 note += (
                     f"; a search round ({2} candidates x 1 batch) took {row['search s/round']} s"
@@ -252,13 +259,16 @@ def main() -> None:
     parser.add_argument(
         "--max-elements", type=int, default=65536, help="cost-table sampling per matrix"
     )
+    parser.add_argument(
+        "--no-lm-eval", action="store_true", help="causal LMs: perplexity only (a quick check)"
+    )
     parser.add_argument("--json", help="write the measurements as a cost table (coalora price)")
     args = parser.parse_args()
     unknown = set(args.shapes.split(",")) - set(SHAPES)
     if unknown:
         parser.error(f"--shapes: unknown {', '.join(sorted(unknown))}; known: {', '.join(SHAPES)}")
-    if args.steps < 3:
-        parser.error("--steps must be >= 3 (a median of the steps between the first and last)")
+    if args.steps < 4:
+        parser.error("--steps must be >= 4 (the first step and the search round's are left out)")
     started = datetime.datetime.now(datetime.UTC)
     rows = []
     with tempfile.TemporaryDirectory(prefix="paper-shapes-") as tmp:
