@@ -203,6 +203,7 @@ def test_gpu_check_cpu_part_writes_a_table_coalora_price_reads(tmp_path):
     priced = proc.stdout.split("4/4 the paper's grid priced")[1]
     assert "total: 243 jobs, 184 on GPUs" in priced
     llama = priced.split("llama-2-7b-c4:")[1].split("experiment:")[0]
-    assert (
-        f"x{block_parameters('llama-2-7b') / block_parameters('llama-2-7b', 1):.3g} params" in llama
-    )
+    # LLaMA-2-7B scaled from one Qwen2.5-1.5B block measured on the CPU, and said so
+    one_block = block_parameters("qwen2.5-1.5b", 1)
+    assert f"x{block_parameters('llama-2-7b') / one_block:.3g} params" in llama
+    assert "qwen2.5-1.5b coalora fp32: CPU (" in priced
