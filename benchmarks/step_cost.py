@@ -354,7 +354,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="step-cost-") as tmp:
         if args.paper_shape:
-            from benchmarks.paper_shapes import SHAPES, build_model_dir
+            from benchmarks.paper_shapes import SHAPES, build_model_dir, task_of
 
             if args.paper_shape not in SHAPES:
                 parser.error(f"--paper-shape: one of {', '.join(SHAPES)}")
@@ -363,7 +363,7 @@ def main() -> None:
             )
             label = f"{args.paper_shape} (paper shape, random weights"
             label += f", {args.layers} block(s))" if args.layers else ")"
-            default_task = SHAPES[args.paper_shape]["task"]
+            default_task = task_of(args.paper_shape)
             exp_name, exp = preset(args.paper_shape, args.experiment)
         else:
             if args.model not in MODELS:

@@ -163,6 +163,12 @@ def _cmd_plan(args) -> None:
     plan_from_cli(args)
 
 
+def _cmd_price(args) -> None:
+    from .pricing.price import price_from_cli
+
+    price_from_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coalora", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -348,6 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="allocations to show")
     p.add_argument("--drop", action="store_true", help="allow an experiment 0 seeds (left out)")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser(
+        "price",
+        help="a config's jobs by rule, priced in GPU-hours and peak memory from measured costs",
+        description="Per experiment of CONFIG: the jobs of each rule (as the workflow's DAG "
+        "has them), their optimizer steps, hours and peak memory per job and the GPU-hours, "
+        "then the total. Every figure comes from a cost table of measurements (device, date, "
+        "commit, command) and says how: measured, or scaled from a measured shape by block "
+        "parameters, tokens and LoRA passes per step. Default table: the H200 rows measured "
+        "2026-11-28 (coalora/pricing/measured/); benchmarks/gpu_check.sh writes one for the "
+        "GPU it runs on.",
+    )
+    p.add_argument("config", help="a workflow config, e.g. config/paper.yaml")
+    p.add_argument("--costs", help="cost table JSON (default: the repository's H200 rows)")
+    p.set_defaults(func=_cmd_price)
     return parser
 
 

@@ -541,9 +541,7 @@ def test_lqlora_with_fisher_weights_its_decomposition(lm_task):
     assert np.isfinite(result.losses).all()
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="peft's loftq_init hard-codes a CUDA/XPU device"
-)
+@pytest.mark.cuda  # peft's loftq_init hard-codes a CUDA/XPU device
 def test_loftq_loop_is_peft_loftq_init():
     from peft.utils.loftq_utils import loftq_init
 

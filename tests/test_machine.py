@@ -101,7 +101,7 @@ def test_machine_info_types_and_the_onednn_cap(monkeypatch):
     assert kernels == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_a_cuda_device_names_its_gpu():
     info = machine_info("cuda")
     assert info["gpu"] == torch.cuda.get_device_name() and info["cuda"] == torch.version.cuda
