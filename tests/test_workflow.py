@@ -269,6 +269,27 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
     )
     assert "| C8 |" in (results / "claims.md").read_text()
 
+    # Trained far enough? Every trained run's snapshots are evaluated (1/4 and 1/2 of its 6
+    # steps: steps 2 and 3), the learning curves drawn, each test names whether its
+    # comparison settled and each side's exposure; snapshots leave the tables alone.
+    curve = sorted(results.glob("tiny-llama-lm/coalora/s0/curve/*/*.json"))
+    assert [p.relative_to(results / "tiny-llama-lm/coalora/s0/curve").as_posix() for p in curve] == [
+        f"{at}/{cfg}.json" for at in ("at-0.25", "at-0.5") for cfg in ("b2.5", "b3", "u2.75")
+    ]  # fmt: skip
+    half = json.loads(curve[3].read_text())
+    assert half["protocol"]["snapshot"] == {"step": 3, "of": 6, "fraction": 0.5}
+    assert half["train_steps"] == 3 and half["exposure"]["of"] == 3
+    assert not list(results.glob("*/none/s*/curve"))  # the unadapted base trains nothing
+    for exp in ("tiny-llama-lm", "tiny-bert-testament"):
+        assert (results / "figures" / f"{exp}_learning_curve.png").stat().st_size > 1000
+    assert all(c["trained"] in ("settled", "still moving", "not gated", "no curve") for c in claims)
+    assert {c["trained"] for c in claims if c["statistic"] == "time_ratio"} == {"not gated"}
+    gated = [c for c in claims if c["trained"] in ("still moving", "no curve")]
+    assert all(c["verdict"] == "inconclusive at this scale" for c in gated)
+    assert all(c["exposure"] and "steps" in c["exposure"] for c in claims)
+    text = (results / "claims.md").read_text()
+    assert "## Trained far enough?" in text and "| at 0.25 (step 2) | at 0.5 (step 3) |" in text
+
     # Delete one evaluation of seed 1 and ask for it: only its job runs (QLoRA's run at that
     # configuration, which writes it); then the default target reruns only what depends on
     # it (tables, claims, that experiment's figures), with the same numbers.
