@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ..machine import machine_info
 from ..quant import ModelQConfig
+from ..rehearsal import rehearsal_note
 from ..runner import package_versions
 from .results import FULL_PRECISION, SCHEMA, code_version, qconfig_hash, validate_result
 
@@ -49,6 +50,9 @@ def make_record(
 ) -> dict:
     """A schema-checked results record (``coalora.evaluate.results``) of an evaluation on
     ``device`` (the model's; its machine is recorded)."""
+    note = rehearsal_note()
+    if note is not None:  # a rehearsal's stand-ins: say so in every number it makes
+        protocol = {**protocol, "rehearsal": note["scale"]}
     record = {
         "schema": SCHEMA,
         "model": model,
