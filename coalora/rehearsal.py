@@ -68,11 +68,13 @@ class RehearsalScale:
     glue_rows: tuple[int, int, int] = (40, 16, 8)
     c4_documents: tuple[int, int] = (40, 16)
     lm_eval_rows: int = 4
-    # The models: every hub model at this width and depth (heads shrink with it, keeping the
-    # hub model's ratio of query to key-value heads), with a vocabulary of this size.
-    hidden_size: int = 64
+    # The models: every hub model at this width and depth, in heads of 64 (grouped-query
+    # models keep one key-value head: every matrix side stays >= 64, the largest LoRA rank a
+    # low-rank method (LQ-LoRA, LoftQ) of the preset decomposes at), with this vocabulary.
+    hidden_size: int = 128
+    head_dim: int = 64
     num_hidden_layers: int = 2
-    intermediate_size: int = 128
+    intermediate_size: int = 256
     vocab_size: int = 512
 
     def as_dict(self) -> dict:
@@ -146,33 +148,32 @@ def rehearsal_note() -> dict | None:
 # ============================================================================ models
 
 # Each hub model's architecture as its config.json has it (class, fields that change the code
-# path: tied embeddings, key-value heads, norms, the dtype its weights ship in); widths,
-# depth and vocabulary come from SCALE. Query heads: hidden / 16; key-value heads keep the
-# hub model's ratio to them.
+# path: tied embeddings, grouped-query attention, norms, the dtype its weights ship in);
+# widths, depth and vocabulary come from SCALE.
 MODELS: dict[str, dict] = {
     "FacebookAI/roberta-large": dict(
         model_type="roberta", architectures=["RobertaForMaskedLM"], tokenizer="roberta",
-        kv_ratio=None, intermediate_ratio=4, dtype="float32",
+        grouped_query=False, dtype="float32",
         fields=dict(hidden_act="gelu", layer_norm_eps=1e-5, max_position_embeddings=514,
                     type_vocab_size=1),
     ),
     "Qwen/Qwen2.5-1.5B": dict(
         model_type="qwen2", architectures=["Qwen2ForCausalLM"], tokenizer="qwen2",
-        kv_ratio=6, dtype="bfloat16",
+        grouped_query=True, dtype="bfloat16",
         fields=dict(hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1000000.0,
                     max_position_embeddings=131072, tie_word_embeddings=True,
                     use_sliding_window=False),
     ),
     "Qwen/Qwen2.5-3B": dict(
         model_type="qwen2", architectures=["Qwen2ForCausalLM"], tokenizer="qwen2",
-        kv_ratio=8, dtype="bfloat16",
+        grouped_query=True, dtype="bfloat16",
         fields=dict(hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1000000.0,
                     max_position_embeddings=32768, tie_word_embeddings=True,
                     use_sliding_window=False),
     ),
     "meta-llama/Llama-2-7b-hf": dict(
         model_type="llama", architectures=["LlamaForCausalLM"], tokenizer="llama",
-        kv_ratio=1, dtype="float16",
+        grouped_query=False, dtype="float16",
         fields=dict(hidden_act="silu", rms_norm_eps=1e-5, max_position_embeddings=4096,
                     tie_word_embeddings=False),
     ),
@@ -201,16 +202,15 @@ def _build_model(repo: str, out: Path, scale: RehearsalScale, seed: int) -> None
 
     spec = MODELS[repo]
     tokenizer = _tokenizer(spec["tokenizer"], scale)
-    heads = scale.hidden_size // 16
+    heads = scale.hidden_size // scale.head_dim
     shape = dict(
         hidden_size=scale.hidden_size,
         num_hidden_layers=scale.num_hidden_layers,
         num_attention_heads=heads,
-        intermediate_size=scale.hidden_size * spec.get("intermediate_ratio", 0)
-        or scale.intermediate_size,
+        intermediate_size=scale.intermediate_size,
     )
-    if spec["kv_ratio"]:
-        shape["num_key_value_heads"] = max(1, heads // spec["kv_ratio"])
+    if spec["model_type"] != "roberta":
+        shape["num_key_value_heads"] = 1 if spec["grouped_query"] else heads
     ids = dict(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

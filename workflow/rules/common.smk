@@ -17,7 +17,12 @@ REHEARSAL = config.get("rehearsal") in (True, "true")
 if REHEARSAL:
     config.update(rehearsal.scale_config(config))
     os.environ[HUB_MIRROR_ENV] = os.path.abspath(f"{config['results']}/rehearsal/hub")
-    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    # Offline, and the stand-ins' datasets cache kept beside them, out of the user's.
+    os.environ.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_DATASETS_CACHE=os.path.abspath(f"{config['results']}/rehearsal/datasets-cache"),
+    )
     print(
         f"REHEARSAL (not results): {config['results']}/ at {json.dumps(rehearsal.SCALE.as_dict())}",
         file=sys.stderr,
