@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-
 # A directory laid out like the hub (<dir>/<owner>/<name>/ holds that repository's files, as
 # `huggingface-cli download REPO --local-dir <dir>/REPO` writes them): every hub model, data
 # set and lm-eval task data set found there is read from there, never from the hub.

@@ -401,7 +401,12 @@ def _winogrande_row(rng, verses, i):
     if gold:
         options.reverse()
     sentence = " ".join(words[:blank] + ["_"] + words[blank + 1 :])
-    return {"sentence": sentence, "option1": options[0], "option2": options[1], "answer": str(gold + 1)}
+    return {
+        "sentence": sentence,
+        "option1": options[0],
+        "option2": options[1],
+        "answer": str(gold + 1),
+    }
 
 
 def _boolq_row(rng, verses, i):
@@ -434,21 +439,25 @@ def _lm_eval_features():
     s, i32 = Value("string"), Value("int32")
     choices = {"text": Sequence(s), "label": Sequence(s)}
     return {
-        "allenai/ai2_arc": Features(
-            {"id": s, "question": s, "choices": choices, "answerKey": s}
-        ),
+        "allenai/ai2_arc": Features({"id": s, "question": s, "choices": choices, "answerKey": s}),
         "Rowan/hellaswag": Features(
             {
-                "ind": i32, "activity_label": s, "ctx_a": s, "ctx_b": s, "ctx": s,
-                "endings": Sequence(s), "source_id": s, "split": s, "split_type": s, "label": s,
+                "ind": i32,
+                "activity_label": s,
+                "ctx_a": s,
+                "ctx_b": s,
+                "ctx": s,
+                "endings": Sequence(s),
+                "source_id": s,
+                "split": s,
+                "split_type": s,
+                "label": s,
             }
         ),  # fmt: skip
         "baber/piqa": Features(
             {"goal": s, "sol1": s, "sol2": s, "label": ClassLabel(names=["0", "1"])}
         ),
-        "allenai/winogrande": Features(
-            {"sentence": s, "option1": s, "option2": s, "answer": s}
-        ),
+        "allenai/winogrande": Features({"sentence": s, "option1": s, "option2": s, "answer": s}),
         "aps/super_glue": Features(
             {"question": s, "passage": s, "idx": i32, "label": ClassLabel(names=["False", "True"])}
         ),

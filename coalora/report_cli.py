@@ -41,7 +41,9 @@ def write_figure(fig, png, svg=None) -> None:
 def rehearsal_banner(results: pd.DataFrame) -> str:
     """A warning atop the claims of a rehearsal's records (``coalora.rehearsal``), with its
     scale; empty for any other run."""
-    scales = [p["rehearsal"] for p in results["protocol"] if isinstance(p, dict) and "rehearsal" in p]
+    scales = [
+        p["rehearsal"] for p in results["protocol"] if isinstance(p, dict) and "rehearsal" in p
+    ]
     if not scales:
         return ""
     return (

@@ -33,9 +33,7 @@ def test_the_scale_cuts_steps_examples_and_lengths_and_keeps_the_grid():
         for key in ("model", "task", "methods", "eval_budgets", "unseen_budgets", "variants"):
             assert exp.get(key) == real.get(key), (name, key)
         assert exp.get("quantizer") == real.get("quantizer")
-        assert exp.get("eval", {}).get("lm_eval_tasks") == real.get("eval", {}).get(
-            "lm_eval_tasks"
-        )
+        assert exp.get("eval", {}).get("lm_eval_tasks") == real.get("eval", {}).get("lm_eval_tasks")
         assert exp["train"]["r"] == real["train"]["r"]
         # ... at the rehearsal's scale, on one thread per job.
         assert exp["steps"] == scale.steps and exp["max_train"] == scale.max_train
@@ -130,7 +128,9 @@ def test_the_paper_preset_rehearses_end_to_end(tmp_path):
     records = {p: read_result(p) for p in results.glob("*/*/s0/eval/*.json")}
     for exp_name, exp in scaled["experiments"].items():
         labels = exp["methods"] + list(exp.get("variants", {}))
-        found = {(r["method"], r["config_name"]) for p, r in records.items() if p.parts[-5] == exp_name}
+        found = {
+            (r["method"], r["config_name"]) for p, r in records.items() if p.parts[-5] == exp_name
+        }
         cfgs = {f"b{rehearsal_label(b)}" for b in exp["eval_budgets"]}
         unseen = {f"u{rehearsal_label(b)}" for b in exp.get("unseen_budgets", [])}
         for label in ["none", *labels]:

@@ -281,7 +281,9 @@ def mirror_task_yaml(name: str, mirror: Path) -> dict:
 
     entry = _task_manager((), registry=True).task_index.get(name)
     if entry is None or entry.yaml_path is None:
-        raise ValueError(f"lm-eval task {name!r} is not a YAML task of lm-eval {version('lm-eval')}")
+        raise ValueError(
+            f"lm-eval task {name!r} is not a YAML task of lm-eval {version('lm-eval')}"
+        )
     config = load_yaml(entry.yaml_path, resolve_func=False)
     repo = config.get("dataset_path")
     if not repo or not (Path(mirror) / repo).is_dir():
