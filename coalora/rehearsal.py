@@ -52,6 +52,9 @@ class RehearsalScale:
     batch_size: int = 4
     max_length: int = 32  # training and classification length, in tokens
     max_train: int = 32  # training examples
+    # CoA-LoRA's initial training set: the ILP configurations of these budgets (its own
+    # default grid has 50: 50 ILP solves and 50 configurations scored per search round).
+    coalora_budgets: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0)
     search_candidates: int = 2
     search_eval_batches: int = 1
     search_segments: int = 4
@@ -61,7 +64,7 @@ class RehearsalScale:
         default_factory=lambda: {"lqlora": {"iters": 2}, "gptq-lora": {"calib_samples": 4}}
     )
     eval_limit: int = 8  # test examples / perplexity windows per evaluation
-    eval_window: int = 32  # perplexity window, in tokens
+    eval_window: int = 64  # perplexity window (and lm-eval max_length), in tokens
     lm_eval_limit: int = 2  # documents per lm-eval task
     # Sizes of the generated data: GLUE train / validation / test rows, C4 train / validation
     # documents, rows per split of an lm-eval task's data set.
@@ -117,6 +120,7 @@ def scale_config(config: dict, scale: RehearsalScale = SCALE) -> dict:
         steps = exp["steps"]
         exp["steps"] = scale.steps if isinstance(steps, int) else dict.fromkeys(steps, scale.steps)
         exp["max_train"] = scale.max_train
+        exp["coalora_budgets"] = list(scale.coalora_budgets)
         options = copy.deepcopy(scale.method_options)
         for method, given in exp.get("train", {}).get("method_options", {}).items():
             options[method] = {**given, **options.get(method, {})}
@@ -347,11 +351,20 @@ def _c4(out: Path, scale: RehearsalScale) -> None:
 # ============================================================================ lm-eval data
 
 
+# Words per stand-in text of an lm-eval item: a continuation must fit the rehearsal's
+# evaluation window (lm-eval's max_length) in any stand-in tokenizer.
+LM_EVAL_WORDS = 8
+
+
+def _short(text: str) -> str:
+    return " ".join(text.split()[:LM_EVAL_WORDS])
+
+
 def _mc(rng: random.Random, verses: list[str], n_choices: int) -> tuple[str, list[str], int]:
     """A verse's first half, its own second half and other verses' second halves."""
 
     def halves(text):
-        words = text.split()
+        words = text.split()[: 2 * LM_EVAL_WORDS]
         return " ".join(words[: len(words) // 2]), " ".join(words[len(words) // 2 :])
 
     context, ending = halves(rng.choice(verses))
@@ -394,7 +407,7 @@ def _piqa_row(rng, verses, i):
 
 
 def _winogrande_row(rng, verses, i):
-    words = rng.choice(verses).split()
+    words = rng.choice(verses).split()[: 2 * LM_EVAL_WORDS]
     blank = len(words) // 2
     options = [words[blank], rng.choice(rng.choice(verses).split())]
     gold = rng.randrange(2)
@@ -412,7 +425,7 @@ def _winogrande_row(rng, verses, i):
 def _boolq_row(rng, verses, i):
     return {
         "question": _question(rng.choice(verses)).rstrip("?").lower(),
-        "passage": rng.choice(verses),
+        "passage": _short(rng.choice(verses)),
         "idx": i,
         "label": i % 2,
     }
@@ -430,7 +443,7 @@ def _openbookqa_row(rng, verses, i):
 
 
 def _lambada_row(rng, verses, i):
-    return {"text": rng.choice(verses).rstrip(".;:,!?")}
+    return {"text": _short(rng.choice(verses)).rstrip(".;:,!?")}
 
 
 def _lm_eval_features():
