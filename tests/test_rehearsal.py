@@ -70,6 +70,13 @@ def test_the_stand_ins_have_the_hubs_layout_and_columns(data_mirror):
     assert json.loads((data_mirror / rehearsal.MARKER_FILE).read_text())["scale"]["steps"] == 2
 
 
+def test_the_stand_ins_are_the_same_bytes_on_every_build(data_mirror, tmp_path):
+    from coalora.evaluate.results import directory_hash
+
+    again = rehearsal.build_mirror(tmp_path / "hub", [], ["c4", "mnli", "qnli", "qqp", "sst2"], [])
+    assert directory_hash(again) == directory_hash(data_mirror)
+
+
 def test_hub_tasks_are_read_from_the_mirror_through_load_dataset(data_mirror, monkeypatch):
     import datasets
 

@@ -12,6 +12,8 @@ rule rehearsal_hub:
             for kind, names in rehearsal.stand_ins(config).items()
             if names
         ),
+    benchmark:
+        f"{RESULTS}/benchmarks/rehearsal_hub.tsv"
     log:
         f"{RESULTS}/logs/rehearsal_hub.log",
     conda:
