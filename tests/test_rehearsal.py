@@ -148,49 +148,56 @@ def test_the_paper_preset_rehearses_end_to_end(tmp_path):
     proc = snakemake(tmp_path, *args, "--config", "rehearsal=true", "results=results-paper")
     print(f"rehearsal of config/paper.yaml: {time.monotonic() - started:.0f} s wall")
     assert "REHEARSAL (not results)" in proc.stderr
-    results = tmp_path / "results-paper-rehearsal"
     assert not (tmp_path / "results-paper").exists()
+    check_rehearsal(tmp_path / "results-paper-rehearsal")
 
+
+def check_rehearsal(results: Path) -> None:
+    """What a finished rehearsal of config/paper.yaml holds."""
     from coalora.evaluate.results import read_result
 
     scaled = rehearsal.scale_config(PAPER)
     records = {p: read_result(p) for p in results.glob("*/*/s0/eval/*.json")}
-    for exp_name, exp in scaled["experiments"].items():
-        labels = exp["methods"] + list(exp.get("variants", {}))
-        found = {
-            (r["method"], r["config_name"]) for p, r in records.items() if p.parts[-5] == exp_name
-        }
-        cfgs = {f"b{rehearsal_label(b)}" for b in exp["eval_budgets"]}
-        unseen = {f"u{rehearsal_label(b)}" for b in exp.get("unseen_budgets", [])}
-        for label in ["none", *labels]:
-            got = {c for m, c in found if m == label}
-            assert cfgs <= got, (exp_name, label, got)
-            if label in ("none", "coalora", "shared-lora") or label.startswith("coalora-"):
-                assert unseen <= got, (exp_name, label, got)
+    for name, exp in scaled["experiments"].items():
+        found = {(r["method"], r["config_name"]) for p, r in records.items() if p.parts[-5] == name}
+        seen = {f"b{budget_label(b)}" for b in exp["eval_budgets"]}
+        unseen = {f"u{budget_label(b)}" for b in exp["unseen_budgets"]}
+        for label in ["none", *exp["methods"], *exp.get("variants", {})]:
+            got = {cfg for method, cfg in found if method == label}
+            shared = label == "none" or label.startswith(("coalora", "shared-lora"))
+            assert got == seen | (unseen if shared else set()), (name, label, got)
     for path, record in records.items():
         assert record["protocol"]["rehearsal"] == rehearsal.SCALE.as_dict(), path
         exp = scaled["experiments"][path.parts[-5]]
-        assert record["model"] == exp["model"] and record["task"] == exp["task"]
-        assert record["quantizer"] == exp.get("quantizer", "nf")
-        if exp["task"] == "c4":
+        assert (record["model"], record["task"]) == (exp["model"], exp["task"]), path
+        assert record["quantizer"] == exp.get("quantizer", "nf"), path
+        if exp["task"] == "c4":  # every registry task, on the mirror's copy of its data
             tasks = {k.split("/")[1] for k in record["metrics"] if k.startswith("lm_eval/")}
             assert tasks == set(exp["eval"]["lm_eval_tasks"]), path
-    qqp = next(r for p, r in records.items() if p.parts[-5] == "roberta-large-qqp")
-    assert qqp["primary_metric"] == "f1"
+            assert record["primary_metric"] == "perplexity"
+        else:
+            primary = "f1" if exp["task"] == "qqp" else "accuracy"
+            assert record["primary_metric"] == primary, path
+            labels = record["per_example"]["labels"]
+            assert len(labels) == rehearsal.SCALE.eval_limit
+            assert set(labels) == ({"0", "1", "2"} if exp["task"] == "mnli" else {"0", "1"}), path
 
     # Tables, claims and figures; the claims say what they are.
-    claims_md = (results / "claims.md").read_text()
-    assert claims_md.startswith("> **REHEARSAL, NOT RESULTS.**")
+    assert (results / "claims.md").read_text().startswith("> **REHEARSAL, NOT RESULTS.**")
     with open(results / "claims.csv") as handle:
         claims = list(csv.DictReader(handle))
-    assert claims and all("REHEARSAL" in c["deviations"] for c in claims)
+    assert claims and all(c["deviations"].startswith("REHEARSAL") for c in claims)
     with open(results / "tables" / "rank.csv") as handle:
-        ranks = {r["method"] for r in csv.DictReader(handle)} if handle else set()
-    assert {"coalora-r32", "coalora-r128"} <= ranks or ranks  # printed with its header only
-    for exp_name in scaled["experiments"]:
-        assert (results / "figures" / f"{exp_name}_pareto.png").stat().st_size > 1000
+        ranks = {(r["method"], r["r"]) for r in csv.DictReader(handle)}
+    assert ranks == {(f"{m}{v}", r) for m in ("coalora", "qlora") for v, r in
+                     (("-r32", "32"), ("", "64"), ("-r128", "128"))}  # fmt: skip
+    with open(results / "tables" / "quantizer.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["hv_int"]]
+    assert {r["method"] for r in rows} == {"none", "coalora", "qlora"}  # the INT group
+    for name in scaled["experiments"]:
+        assert (results / "figures" / f"{name}_pareto.png").stat().st_size > 1000
     assert (results / "figures" / "roberta-large-sst2_search_ablation.png").is_file()
 
 
-def rehearsal_label(budget):
+def budget_label(budget):
     return f"{float(budget):.3f}".rstrip("0").rstrip(".")
