@@ -52,6 +52,16 @@ def _cmd_methods(args) -> None:
         print(f"{name:12s} serves {t['serves']:15s} {trains}{options}")
 
 
+def _cmd_rehearse(args) -> None:
+    import json
+
+    from .data.rehearsal import SCALE, build_mirror
+
+    out = build_mirror(args.out, args.models, args.tasks, args.lm_eval_tasks)
+    print(f"wrote {out}: a rehearsal's hub mirror (stand-ins, not results) at scale")
+    print(json.dumps(SCALE.as_dict()))
+
+
 def _cmd_prepare(args) -> None:
     from .runner import prepare
 
@@ -179,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods and their traits")
     p.add_argument("--json", action="store_true", help="the traits as JSON (the workflow's view)")
     p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser(
+        "rehearse", help="a rehearsal's hub mirror: stand-ins of hub models, tasks, lm-eval data"
+    )
+    p.add_argument("--models", nargs="*", default=[], help="hub model ids (others skipped)")
+    p.add_argument("--tasks", nargs="*", default=[], help="hub tasks (others skipped)")
+    p.add_argument("--lm-eval-tasks", nargs="*", default=[], help="lm-eval registry tasks")
+    p.add_argument("--out", required=True, help="the mirror directory to write")
+    p.set_defaults(func=_cmd_rehearse)
 
     p = sub.add_parser("prepare", help="make the base model and task data ready (offline)")
     p.add_argument("--model", required=True)

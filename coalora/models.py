@@ -35,7 +35,7 @@ from .io import cache_root
 
 # HubUnavailableError and hub_offline_reason live in coalora.offline (shared with coalora.data);
 # importing them here keeps them part of this module's API.
-from .offline import HubUnavailableError, hub_offline_reason, package_dir
+from .offline import HubUnavailableError, hub_mirror, hub_offline_reason, package_dir
 from .timing import marked
 
 KINDS = ("causal-lm", "classification")
@@ -450,6 +450,9 @@ def _from_pretrained(
 
 
 def _load_hub(model_id: str, kind: str, num_labels: int | None, seed: int) -> LoadedModel:
+    mirrored = hub_mirror(model_id)
+    if mirrored is not None:  # $COALORA_HUB_MIRROR's copy, named as on the hub
+        return _from_pretrained(mirrored, model_id, kind, num_labels, seed)
     reason = hub_offline_reason()
     try:
         return _from_pretrained(

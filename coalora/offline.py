@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+# A directory laid out like the hub (<dir>/<owner>/<name>/ holds that repository's files, as
+# `huggingface-cli download REPO --local-dir <dir>/REPO` writes them): every hub model, data
+# set and lm-eval task data set found there is read from there, never from the hub.
+HUB_MIRROR_ENV = "COALORA_HUB_MIRROR"
+
 
 class HubUnavailableError(OSError):
     """A hub model or data set was asked for while the hub is offline or unreachable."""
@@ -66,6 +71,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     worker.start()
     worker.join(timeout + 0.5)
     return bool(result and result[0])
+
+
+def hub_mirror(repo_id: str) -> Path | None:
+    """The local copy of hub repository ``repo_id`` in ``$COALORA_HUB_MIRROR``, or None."""
+    root = os.environ.get(HUB_MIRROR_ENV)
+    if not root or not repo_id or repo_id.startswith((".", "/", "~")):
+        return None
+    path = Path(root).expanduser() / repo_id
+    return path if path.is_dir() else None
 
 
 def hub_offline_reason() -> str | None:

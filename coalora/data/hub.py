@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..offline import HubUnavailableError, hub_offline, hub_offline_reason
+from ..offline import HubUnavailableError, hub_mirror, hub_offline, hub_offline_reason
 from .local import DATA_ENV
 from .task import TaskSpec
 
@@ -112,14 +112,17 @@ def _load_hub(spec: TaskSpec) -> dict[str, list[dict]]:
     import datasets
 
     source = _HUB[spec.name]
-    reason = hub_offline_reason()
+    # The same repository, config, splits and files from $COALORA_HUB_MIRROR when it has them.
+    mirrored = hub_mirror(source.path)
+    path = source.path if mirrored is None else str(mirrored)
+    reason = None if mirrored is not None else hub_offline_reason()
     columns = list(spec.text_fields) + (["label"] if spec.kind == "classification" else [])
     splits = {}
     try:
-        with hub_offline(reason is not None):
+        with hub_offline(reason is not None or mirrored is not None):
             for ours, theirs in source.splits.items():
                 table = datasets.load_dataset(
-                    source.path, source.config, data_files=source.data_files, split=theirs
+                    path, source.config, data_files=source.data_files, split=theirs
                 )
                 splits[ours] = table.select_columns(columns).to_list()
     except Exception as err:

@@ -22,6 +22,9 @@ Any other task name is looked up in lm-eval's own registry (and in extra ``inclu
 directories). Registry tasks fetch their data from the Hugging Face hub; when the hub is
 offline (``HF_DATASETS_OFFLINE=1`` / ``HF_HUB_OFFLINE=1``, or unreachable), loading one fails
 at once with a one-line ``HubUnavailableError`` naming the task and how to give local data.
+A hub mirror (``$COALORA_HUB_MIRROR``, ``coalora.offline``) may hold task YAMLs in its
+``lm_eval_tasks/`` folder (``mirror_task_yaml``: a registry task reading the mirror's copy of
+its data set), found before the registry.
 The embedded tasks never touch the network.
 """
 
@@ -31,6 +34,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -43,7 +47,7 @@ import yaml
 from ..data import BIBLE_LM_TEST_BOOKS, Verse, bible_verses, load_task
 from ..io import cache_root
 from ..models import _cached_dir
-from ..offline import HubUnavailableError, hub_offline, hub_offline_reason
+from ..offline import HUB_MIRROR_ENV, HubUnavailableError, hub_offline, hub_offline_reason
 
 EMBEDDED_TASKS = ("bible_ppl", "bible_mc", "bible_cloze")
 # Bump when the generated data or YAML change: it is the tasks' lm-eval version and part of
@@ -258,6 +262,36 @@ def _task_manager(include: tuple[str, ...], registry: bool):
     return TaskManager(include_path=list(include) or None, include_defaults=registry)
 
 
+# In a hub mirror ($COALORA_HUB_MIRROR), this folder holds task YAMLs over the mirror's data
+# sets (``mirror_task_yaml``); its tasks are found before lm-eval's registry is indexed.
+MIRROR_TASKS = "lm_eval_tasks"
+
+
+def mirror_tasks_dir() -> Path | None:
+    root = os.environ.get(HUB_MIRROR_ENV)
+    path = Path(root).expanduser() / MIRROR_TASKS if root else None
+    return path if path is not None and path.is_dir() else None
+
+
+def mirror_task_yaml(name: str, mirror: Path) -> dict:
+    """A task YAML for the mirror's ``lm_eval_tasks/``: registry task ``name`` as lm-eval
+    defines it (its YAML included: prompts, splits, processing functions, metrics), reading
+    its data set from the mirror's copy of its hub repository (``dataset_path`` only)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = _task_manager((), registry=True).task_index.get(name)
+    if entry is None or entry.yaml_path is None:
+        raise ValueError(
+            f"lm-eval task {name!r} is not a YAML task of lm-eval {version('lm-eval')}"
+        )
+    config = load_yaml(entry.yaml_path, resolve_func=False)
+    repo = config.get("dataset_path")
+    if not repo or not (Path(mirror) / repo).is_dir():
+        raise ValueError(f"lm-eval task {name!r}: its data set {repo!r} is not in {mirror}")
+    path = str((Path(mirror) / repo).resolve())
+    return {"include": str(Path(entry.yaml_path).resolve()), "task": name, "dataset_path": path}
+
+
 class LMEvalSuite:
     """lm-eval tasks loaded once, run on any number of model states.
 
@@ -301,7 +335,9 @@ class LMEvalSuite:
             return manager.load([name])
 
     def _load_registry(self, name: str) -> dict:
-        manager = _task_manager(self.include, registry=False) if self.include else None
+        mirrored = mirror_tasks_dir()
+        include = self.include + ((str(mirrored),) if mirrored else ())
+        manager = _task_manager(include, registry=False) if include else None
         if manager is None or name not in manager.all_tasks:
             manager = _task_manager(self.include, registry=True)
         if name not in manager.all_tasks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import PackageNotFoundError, version
 
+from ..data.rehearsal import rehearsal_note
 from ..machine import machine_info
 from ..quant import ModelQConfig
 from ..runner import package_versions
@@ -50,6 +51,9 @@ def make_record(
 ) -> dict:
     """A schema-checked results record (``coalora.evaluate.results``) of an evaluation on
     ``device`` (the model's; its machine is recorded)."""
+    note = rehearsal_note()
+    if note is not None:  # a rehearsal's stand-ins: say so in every number it makes
+        protocol = {**protocol, "rehearsal": note["scale"]}
     record = {
         "schema": SCHEMA,
         "model": model,

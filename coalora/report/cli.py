@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +43,22 @@ def write_figure(fig, png, svg=None) -> None:
     report.pyplot().close(fig)
 
 
+def rehearsal_banner(results: pd.DataFrame) -> str:
+    """A warning atop the claims of a rehearsal's records (``coalora.data.rehearsal``), with its
+    scale; empty for any other run."""
+    scales = [
+        p["rehearsal"] for p in results["protocol"] if isinstance(p, dict) and "rehearsal" in p
+    ]
+    if not scales:
+        return ""
+    return (
+        "> **REHEARSAL, NOT RESULTS.** These records come from `--config rehearsal=true`: "
+        "random-init stand-ins of the hub models, generated data in the hub's formats, and "
+        f"the micro scale below. Every verdict here only shows the pipeline ran.\n>\n"
+        f"> scale: `{json.dumps(scales[0])}`\n\n"
+    )
+
+
 def report_from_cli(args) -> None:
     results = read_results(args.results)
     if not len(results):
@@ -70,8 +87,11 @@ def report_from_cli(args) -> None:
             if curves is not None:
                 curve = claims.snapshot_effects(results, curves, book, args.replicates)
             text = claims_report.claims_markdown(table, summary, diagnostics, book, curve)
+            text = rehearsal_banner(results) + text
             with atomic_path(args.markdown, suffix=".md") as tmp:
                 tmp.write_text(text)
+        if rehearsal_banner(results):
+            print("REHEARSAL, NOT RESULTS: stand-in models and data at micro scale")
         for row in summary.itertuples(index=False):
             print(f"{row.claim}: {row.verdict} ({row.tests} tests)")
         print(f"wrote {args.out}: {len(table)} rows")

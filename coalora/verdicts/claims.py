@@ -283,6 +283,8 @@ def compute_dtypes(rows: pd.DataFrame) -> list[str]:
 def deviations(sides: list[tuple[str, pd.DataFrame]]) -> str:
     """How the compared runs depart from the paper's protocol (empty: they do not)."""
     notes = []
+    if any(isinstance(p, dict) and "rehearsal" in p for _, rows in sides for p in rows["protocol"]):
+        notes.append("REHEARSAL: stand-in models and data at micro scale, not results")
     dtypes = {name: compute_dtypes(rows) for name, rows in sides}
     if len({d for found in dtypes.values() for d in found}) > 1:
         listed = ", ".join(f"{n} {'/'.join(d)}" for n, d in dtypes.items())

@@ -5,9 +5,30 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 from coalora import forkserver
+from coalora.data import rehearsal
 from coalora.methods import method_traits
+from coalora.offline import HUB_MIRROR_ENV
 from coalora.train import TrainSettings, snapshot_name, snapshot_plan
 from coalora.verdicts.reference import NAME as REFERENCE_NAME
+
+# `--config rehearsal=true`: the preset end to end on a CPU at micro scale (coalora.data.rehearsal:
+# its SCALE is every cut, printed here and recorded in every record). Its hub models, data
+# sets and lm-eval data are stand-ins in their real formats, in a hub mirror that rule
+# rehearsal_hub writes and every job reads through the code that reads the hub.
+REHEARSAL = config.get("rehearsal") in (True, "true")
+if REHEARSAL:
+    config.update(rehearsal.scale_config(config))
+    os.environ[HUB_MIRROR_ENV] = os.path.abspath(f"{config['results']}/rehearsal/hub")
+    # Offline, and the stand-ins' datasets cache kept beside them, out of the user's.
+    os.environ.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_DATASETS_CACHE=os.path.abspath(f"{config['results']}/rehearsal/datasets-cache"),
+    )
+    print(
+        f"REHEARSAL (not results): {config['results']}/ at {json.dumps(rehearsal.SCALE.as_dict())}",
+        file=sys.stderr,
+    )
 
 RESULTS = config.get("results", "results")
 # Fractions of every run's steps at which it is snapshotted and evaluated (its learning curve;
@@ -46,6 +67,12 @@ wildcard_constraints:
     method=r"[a-z0-9-]+",
     cfg=r"[bu][0-9.]+|fixed|full-precision",
     seed=r"[0-9]+",
+
+
+def rehearsal_hub(w=None):
+    """A rehearsal's hub mirror, the input of every job that loads a model or a task (rule
+    prepare, which every such job follows); nothing otherwise."""
+    return [f"{RESULTS}/rehearsal/hub"] if REHEARSAL else []
 
 
 def exp_conf(exp):

@@ -1,7 +1,30 @@
 # Base model and task data, the cost table, and the ILP configurations of each budget.
 
 
+rule rehearsal_hub:
+    """`--config rehearsal=true`: stand-ins of the preset's hub models and data (coalora.data.rehearsal)."""
+    output:
+        directory(f"{RESULTS}/rehearsal/hub"),
+    params:
+        cli=COALORA,
+        names=" ".join(
+            f"--{kind.replace('_', '-')} {' '.join(names)}"
+            for kind, names in rehearsal.stand_ins(config).items()
+            if names
+        ),
+    benchmark:
+        f"{RESULTS}/benchmarks/rehearsal_hub.tsv"
+    log:
+        f"{RESULTS}/logs/rehearsal_hub.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.cli} rehearse {params.names} --out {output} 2> {log}"
+
+
 rule prepare:
+    input:
+        rehearsal_hub,
     output:
         f"{RESULTS}/{{exp}}/prepared.json",
     params:
