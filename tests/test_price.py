@@ -123,7 +123,7 @@ def test_paper_grid_priced_from_the_repository_rows(capsys):
     status, out, _ = price([REPO / "config" / "paper.yaml"], capsys)
     assert status == 0
     assert out.startswith(f"costs: {DEFAULT_COSTS.relative_to(REPO)} (the default)")
-    assert "total: 243 jobs, 184 on GPUs" in out
+    assert "total: 251 jobs, 184 on GPUs" in out
     llama = out.split("llama-2-7b-c4:")[1].split("experiment:")[0]
     # No 7B row: scaled from the measured Qwen2.5-1.5B shape, and said so.
     assert "x4.94 params" in llama and "x4.94 params" not in out.split("qwen2.5-3b-c4:")[0]
@@ -201,7 +201,7 @@ def test_gpu_check_cpu_part_writes_a_table_coalora_price_reads(tmp_path):
     assert machine["torch"] and machine["commit"] and len(machine["checks"]) == 2
     assert "CoA-LoRA / (2 x QLoRA) step" in proc.stdout
     priced = proc.stdout.split("4/4 the paper's grid priced")[1]
-    assert "total: 243 jobs, 184 on GPUs" in priced
+    assert "total: 251 jobs, 184 on GPUs" in priced
     llama = priced.split("llama-2-7b-c4:")[1].split("experiment:")[0]
     # LLaMA-2-7B scaled from one Qwen2.5-1.5B block measured on the CPU, and said so
     one_block = block_parameters("qwen2.5-1.5b", 1)

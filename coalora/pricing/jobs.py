@@ -94,6 +94,8 @@ def experiment_jobs(exp: str, conf: dict, config: dict, traits: dict) -> list[Jo
                 f"registered: {', '.join(traits)}"
             )
     seeds = conf.get("seeds", config.get("seeds", [0]))
+    # each trained run's evaluations are repeated at every snapshot (its learning curve)
+    evaluated = 1 + len(set(config.get("snapshots", [])))
     seen = len(conf["eval_budgets"])
     every = seen + len(conf.get("unseen_budgets", []))
     gpus = {
@@ -117,11 +119,11 @@ def experiment_jobs(exp: str, conf: dict, config: dict, traits: dict) -> list[Jo
             )  # fmt: skip
             if rule == "train":
                 jobs.append(Job(exp, rule, **common))
-                jobs.append(Job(exp, "evaluate", label, method, seed, configs=every, gpus=gpus["evaluate"]))  # fmt: skip
+                jobs.append(Job(exp, "evaluate", label, method, seed, configs=every * evaluated, gpus=gpus["evaluate"]))  # fmt: skip
             elif rule == "train_per_config":
-                jobs.append(Job(exp, rule, configs=1, count=seen, **common))
+                jobs.append(Job(exp, rule, configs=evaluated, count=seen, **common))
             else:
-                jobs.append(Job(exp, rule, configs=1, **common))
+                jobs.append(Job(exp, rule, configs=evaluated, **common))
         if seed == seeds[0]:  # the bare base: a reference row at the first seed only
             jobs.append(Job(exp, "evaluate_base", "none", seed=seed, configs=every, gpus=gpus["evaluate"]))  # fmt: skip
     searched = any(
@@ -129,6 +131,7 @@ def experiment_jobs(exp: str, conf: dict, config: dict, traits: dict) -> list[Jo
         for label, v in variants.items()
     )
     figures = ["pareto_figure", "seen_unseen_figure"] + (["search_ablation_figure"] * searched)
+    figures += ["learning_curve_figure"] * (evaluated > 1)
     return jobs + [Job(exp, rule) for rule in figures]
 
 
