@@ -8,7 +8,7 @@ JSON into ``results/reference/MACHINE.json``, which the README's figures come fr
 Peak memory is the largest sum, over the command and every process below it (Snakemake, the
 fork server and the jobs forked from it), of each process's proportional set size (PSS,
 ``/proc/<pid>/smaps_rollup``): pages shared between forked jobs count once, not once per job.
-It is sampled every half second, so a spike shorter than that can be missed. Disk is the
+It is sampled every 2 s (SAMPLE_SECONDS), so a spike shorter than that can be missed. Disk is the
 bytes under each ``--disk`` folder when the command ends (``--exclude`` leaves a sub-folder
 out, e.g. ``results/reference``) and under coalora's cache (``$COALORA_CACHE``). Linux only
 (``/proc``); elsewhere memory is recorded as null. The command's exit status is this script's.
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-SAMPLE_SECONDS = 0.5
+SAMPLE_SECONDS = 2.0  # reading smaps_rollup of GB-sized jobs costs CPU: measured 17% of a core at 0.5 s
 
 
 def parents() -> dict[int, int]:
