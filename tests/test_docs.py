@@ -126,9 +126,9 @@ def test_documented_command_works(page, command, tmp_path):
 
 
 def test_a_rerun_example_of_an_output_the_default_does_not_make_fails(tmp_path):
-    # The issue that started this file: the README named b3.json, which the default no
-    # longer evaluates at MiniLM; the dry run must refuse such an example.
-    words = shlex.split("snakemake --cores 1 -f results/minilm-testament/qlora/s1/eval/b9.json")
+    # The issue that started this file: the README named an output (MiniLM's b3.json) that
+    # the default no longer made; the dry run must refuse such an example.
+    words = shlex.split("snakemake --cores 1 -f results/smollm2-bible/qlora/s1/eval/b9.json")
     with pytest.raises(AssertionError, match="MissingInput|Missing input|No rule to produce"):
         check_snakemake(words, {}, tmp_path)
 
