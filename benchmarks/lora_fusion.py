@@ -4,7 +4,7 @@
 (``torch.addmm``; in place without autograd) when the scaling is a power of two, instead of
 a product, a scaling pass and a sum pass over the [tokens, out_features] output
 (``LoraLinear._add_update``). This script times both paths side by side in one process, on a
-CoA-LoRA model with the settings of an experiment of ``config/config.yaml``:
+CoA-LoRA model with the settings of an experiment of ``config/overnight.yaml``:
 
 - evaluation: forward passes without autograd over the same batches;
 - training: optimizer steps of the shared engine (``coalora.train.train``, search off, K

@@ -31,7 +31,7 @@ end, so their "set-up" includes all their work. "imports" and "model load" are t
 the tokenizer, building the model); "beyond load" = "to first" - "model load", the number
 the target bounds.
 
-    python benchmarks/setup_cost.py             # MiniLM-L6 on bible-testament (config.yaml)
+    python benchmarks/setup_cost.py             # the default's first experiment (config.yaml)
     python benchmarks/setup_cost.py --quick     # tiny-bert and tiny-llama (config/ci.yaml)
     python benchmarks/setup_cost.py --model smollm2-135m --task bible-lm --experiment smollm2-bible
     python benchmarks/setup_cost.py --fork-server   # each job cold and [warm], side by side

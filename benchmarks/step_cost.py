@@ -19,7 +19,8 @@ Parts are timed inside the same steps (marks at each part's boundaries, each aft
 ``torch.cuda.synchronize()`` on CUDA); CoA-LoRA and QLoRA run in alternating blocks
 (ABBA) so load noise hits both alike; every figure is a median over the measured steps.
 Training settings (r, alpha, lr, budgets, quantizer, search) come from an experiment of
-``config/config.yaml`` (the one on ``--model``, else ``minilm-testament``).
+``config/overnight.yaml``, the preset with both embedded models (the one on ``--model``, else
+``minilm-testament``).
 
     python benchmarks/step_cost.py                          # MiniLM-L6, bible-testament, CPU
     python benchmarks/step_cost.py --model tiny-bert --steps 4 --warmup 1
@@ -63,7 +64,7 @@ from coalora.runner import model_kind, training_configs  # noqa: E402
 from coalora.train import TrainSettings, resolve_device, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "config" / "config.yaml"
+CONFIG = REPO / "config" / "overnight.yaml"  # every embedded model's experiment
 DEFAULT_EXPERIMENT = "minilm-testament"
 GOAL = 1.1  # CoA-LoRA's step / (K x QLoRA's step), on CPU
 PARTS = (
@@ -84,7 +85,7 @@ def synchronizer(device: torch.device):
 
 
 def preset(model: str, name: str | None) -> tuple[str, dict]:
-    """(name, settings) of the config.yaml experiment that times are taken under."""
+    """(name, settings) of the ``CONFIG`` experiment that times are taken under."""
     config = yaml.safe_load(CONFIG.read_text())
     experiments = config["experiments"]
     if name is None:
@@ -300,7 +301,7 @@ def main() -> None:
     parser.add_argument("--task", help="default: bible-testament (encoders), bible-lm (causal LMs)")
     parser.add_argument(
         "--experiment",
-        help=f"config.yaml experiment (default: the model's, else {DEFAULT_EXPERIMENT})",
+        help=f"{CONFIG.name} experiment (default: the model's, else {DEFAULT_EXPERIMENT})",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
@@ -445,7 +446,7 @@ def run_dtype(args, model_ref, label, task_name, exp_name, exp, device, sync, dt
     print(
         f"compute dtype {precision.record_name(coa.compute_dtype)} (--dtype {dtype}), "
         f"K={args.k}, batch {base.batch_size} x {base.max_length} tokens, r={base.r}, "
-        f"alpha={base.alpha:g}; settings of experiment {exp_name} (config/config.yaml); "
+        f"alpha={base.alpha:g}; settings of experiment {exp_name} (config/{CONFIG.name}); "
         f"{args.steps} measured steps per method in blocks of {args.block} after {args.warmup} warm-up"
     )
 
