@@ -306,7 +306,7 @@ def test_ci_preset_end_to_end_and_partial_rerun(ci_run):
     counts = job_counts(snakemake(tmp_path, "-n", *args).stdout)
     assert counts == {
         "table1": 1, "tables": 1, "claims": 1, "pareto_figure": 1, "seen_unseen_figure": 1,
-        "all": 1, "total": 6,
+        "learning_curve_figure": 1, "all": 1, "total": 7,
     }  # fmt: skip
     snakemake(tmp_path, *args)
     assert read_table(results / "table1.csv") == without_times(rows)
