@@ -77,17 +77,25 @@ def test_gpu_hours_are_the_hand_arithmetic(tmp_path):
     lines, unpriced = price_jobs(config, load_costs(costs), method_traits())
     by = {(x.rule, x.label): x for x in lines}
     # batch 8 x 256 = twice the measured 4 x 256 tokens: CoA-LoRA 100 x 2.0 x 2 = 400 s a
-    # run, on 2 GPUs, at 2 seeds; its evaluations 3 configurations x 10 s on 1 GPU.
+    # run, on 2 GPUs, at 2 seeds; its evaluations 3 configurations x 10 s on 1 GPU, at the
+    # end and at each of the schema's default two snapshots.
+    assert config["snapshots"] == [0.25, 0.5]
     assert by["train", "coalora"].jobs == 2
     assert by["train", "coalora"].hours * 3600 == pytest.approx(400)
     assert by["train", "coalora"].gpu_hours == pytest.approx(2 * 400 * 2 / 3600)
-    assert by["evaluate", "coalora"].hours * 3600 == pytest.approx(30)
-    # QLoRA: 2 budgets x 2 seeds, each 100 x 0.5 x 2 s + its one evaluation (10 s).
+    assert by["evaluate", "coalora"].hours * 3600 == pytest.approx(3 * 3 * 10)
+    # QLoRA: 2 budgets x 2 seeds, each 100 x 0.5 x 2 s + its evaluation (10 s) three times.
     assert by["train_per_config", "qlora"].jobs == 4
-    assert by["train_per_config", "qlora"].hours * 3600 == pytest.approx(110)
-    assert by["evaluate_base", "none"].jobs == 1  # the first seed only
+    assert by["train_per_config", "qlora"].hours * 3600 == pytest.approx(100 + 3 * 10)
+    assert by["evaluate_base", "none"].jobs == 1  # the first seed only, no snapshots
     total = sum(x.gpu_hours for x in lines) * 3600
-    assert total == pytest.approx(2 * 400 * 2 + 2 * 30 + 4 * 110 * 2 + 30)
+    assert total == pytest.approx(2 * 400 * 2 + 2 * 90 + 4 * 130 * 2 + 30)
+    # without snapshots, one evaluation each
+    bare = validated(json.loads(json.dumps(dict(SMALL, snapshots=[]))))
+    lines, _ = price_jobs(bare, load_costs(costs), method_traits())
+    by = {(x.rule, x.label): x for x in lines}
+    assert by["evaluate", "coalora"].hours * 3600 == pytest.approx(30)
+    assert by["train_per_config", "qlora"].hours * 3600 == pytest.approx(110)
     assert by["train", "coalora"].memory.value == 20.0
     assert by["train", "coalora"].time.scalings == ("x2 tokens",)
     assert {j.rule for j in unpriced} >= {"prepare", "cost_table", "allocate", "table1"}
