@@ -60,7 +60,7 @@ lint: install
 	$(VENV)/bin/ruff check coalora baselines tests benchmarks
 	$(VENV)/bin/ruff format --check coalora baselines tests benchmarks
 	$(VENV)/bin/snakemake --lint
-	for c in config/ci.yaml config/all-methods.yaml config/paper.yaml; do \
+	for c in config/ci.yaml config/all-methods.yaml config/paper.yaml config/overnight.yaml; do \
 	  $(VENV)/bin/snakemake --lint --configfile $$c || exit 1; done
 
 bench: install

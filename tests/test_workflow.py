@@ -89,6 +89,22 @@ def test_default_preset_dry_run(tmp_path):
     assert len(with_lm_eval) == 5
 
 
+def test_overnight_preset_dry_run(tmp_path):
+    """config/overnight.yaml: every claim testable on a CPU (the encoder's, the search
+    ablation, SmolLM2 under NF and INT), 4 seeds, 48 steps for every method."""
+    proc = snakemake(tmp_path, "-n", "-p", "--configfile", preset("overnight.yaml"))
+    counts = job_counts(proc.stdout)
+    assert counts["prepare"] == 3 and counts["learning_curve_figure"] == 3
+    # CoA-LoRA, its two search variants and Shared-LoRA (MiniLM), CoA-LoRA and Shared-LoRA
+    # (NF), CoA-LoRA (INT): one run per seed each
+    assert counts["train"] == 4 * (4 + 2 + 1)
+    # QLoRA and LQ-LoRA at 3 (MiniLM) and 2 (NF) budgets, QLoRA at 2 (INT); lora-fp per seed
+    assert counts["train_per_config"] == 4 * (2 * 3 + 2 * 2 + 2)
+    assert counts["train_own_config"] == 4 and counts["search_ablation_figure"] == 1
+    steps = set(re.findall(r"coalora.cli train .*?--steps (\d+)", proc.stdout))
+    assert steps == {"48"}
+
+
 def test_the_compute_dtype_reaches_every_training_and_evaluation_command(tmp_path):
     """``compute_dtype`` (global, or an experiment's train: / eval:) becomes the CLI's setting;
     ``auto``, the CLI's own default, adds nothing (the default's commands are unchanged)."""
