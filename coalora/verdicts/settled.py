@@ -120,22 +120,25 @@ def steps_text(rows: pd.DataFrame, half_rows: pd.DataFrame) -> str:
     return f"{listed(half_rows)} -> {listed(rows)}"
 
 
+def _exposures(rows: pd.DataFrame) -> list[dict]:
+    """The records' ``exposure`` objects (records without one left out)."""
+    return [e for e in rows.get("exposure", pd.Series(dtype=object)) if isinstance(e, dict)]
+
+
 def exposure_text(name: str, rows: pd.DataFrame) -> str:
     """One side's exposure over its records: steps that trained on the evaluated
     configuration out of the run's steps (mean over configurations and seeds), and the same
     weighted by learning rate and loss share (``coalora.train.exposure``)."""
-    found = [e for e in rows.get("exposure", pd.Series(dtype=object)) if isinstance(e, dict)]
+    found = _exposures(rows)
     if not found:
         return f"{name}: exposure not recorded"
-    steps = np.mean([e["steps"] for e in found])
-    of = np.mean([e["of"] for e in found])
-    lr_steps = np.mean([e["lr_steps"] for e in found])
-    lr_of = np.mean([e["lr_of"] for e in found])
+    steps, of, lr_steps, lr_of = (
+        np.mean([e[k] for e in found]) for k in ("steps", "of", "lr_steps", "lr_of")
+    )
     return f"{name}: {steps:.3g} of {of:.3g} steps (lr-weighted {lr_steps:.3g} of {lr_of:.3g})"
 
 
 def exposure_share(rows: pd.DataFrame) -> float:
     """The mean share of its run's steps a side's records trained on their configuration."""
-    found = [e for e in rows.get("exposure", pd.Series(dtype=object)) if isinstance(e, dict)]
-    shares = [e["steps"] / e["of"] for e in found if e["of"]]
+    shares = [e["steps"] / e["of"] for e in _exposures(rows) if e["of"]]
     return float(np.mean(shares)) if shares else math.nan
