@@ -362,16 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_headline)
 
     p = sub.add_parser(
-        "plan", help="seeds per experiment that decide the most claims within a time budget"
+        "plan",
+        help="seeds (and steps) per experiment that decide the most claims within a time budget",
     )
     p.add_argument("results", help="a finished results directory (records and benchmarks/)")
     p.add_argument("--cores", type=int, default=2, help="cores the planned run will have")
     p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget")
-    p.add_argument("--wall", type=float, help="the run's measured wall seconds (fill factor)")
+    p.add_argument(
+        "--wall", type=float,
+        help="the run's measured wall seconds (fill factor; default: make run's measurement)",
+    )  # fmt: skip
     p.add_argument("--max-seeds", type=int, default=16)
     p.add_argument("--target", type=int, default=4, help="claims to decide (ranks by P(>=)")
     p.add_argument("--top", type=int, default=5, help="allocations to show")
     p.add_argument("--drop", action="store_true", help="allow an experiment 0 seeds (left out)")
+    p.add_argument(
+        "--steps", default="1",
+        help="optimizer steps to try, as factors of the run's own (e.g. 1,2,4; default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--decay", type=float,
+        help="assumed exponent of an effect's approach with steps, a + b*steps^-decay "
+        "(default: coalora/verdicts/seedplan.py DECAY, with why)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser(

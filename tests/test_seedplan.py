@@ -214,3 +214,107 @@ def test_the_settled_gate_is_replayed_a_moving_test_decides_nothing():
     # a change too noisy to show it settled at 4 seeds: more seeds can show it
     noisy_more = _planner([noisy]).allocation({"a": 64}).chances["C1"]
     assert chance["noisy"] < 0.5 < noisy_more
+
+
+# ------------------------------------------------------------------------------- steps
+
+
+@pytest.mark.parametrize("decay", [0.5, 1.0, 2.0])
+def test_extrapolation_follows_the_assumed_curve(decay):
+    # an effect that goes exactly as a + b * t^-decay, measured at 24 and 48 steps
+    def effect(t):
+        return -3.0 + 40.0 * t**-decay
+
+    moved = effect(48) - effect(24)
+    for factor in (0.5, 1.0, 2.0, 4.0):
+        shift, change = seedplan.extrapolate(moved, factor, decay)
+        t = 48 * factor
+        assert shift == pytest.approx(effect(t) - effect(48))
+        assert change == pytest.approx(effect(t) - effect(t / 2))
+    assert seedplan.extrapolate(moved, 1.0, decay) == (0.0, moved)
+    with pytest.raises(ValueError, match="positive"):
+        seedplan.extrapolate(moved, 0.0, decay)
+
+
+def test_more_steps_cost_only_the_training_loops():
+    cost = seedplan.ExperimentCost("a", 10.0, 50.0, 30.0, 3, first_train=40.0, later_train=20.0)
+    assert cost.seconds(3) == 10 + 50 + 2 * 30
+    # twice the steps: each seed's training loops once more, nothing else
+    assert cost.seconds(3, 2.0) == 10 + (50 + 40) + 2 * (30 + 20)
+    assert cost.seconds(2, 0.5) == 10 + (50 - 20) + (30 - 10)
+    assert cost.seconds(0, 4.0) == 0
+
+
+def test_training_seconds_count_each_trained_run_once(tmp_path):
+    def rec(method, seed, config, seconds, checkpoint):
+        path = tmp_path / "exp" / method / f"s{seed}" / "eval" / f"{config}.json"
+        return {"path": str(path), "method": method, "seed": seed, "config_name": config,
+                "train_seconds": seconds, "train_steps": 48,
+                "hashes.checkpoint": checkpoint}  # fmt: skip
+
+    records = pd.DataFrame([
+        rec("coalora", 0, "b3", 100.0, "c0"), rec("coalora", 0, "b4", 100.0, "c0"),  # one run
+        rec("qlora", 0, "b3", 30.0, "q3"), rec("qlora", 0, "b4", 35.0, "q4"),  # one per config
+        rec("coalora", 1, "b3", 90.0, "c1"), rec("coalora", 1, "b4", 90.0, "c1"),
+        {**rec("none", 0, "b3", math.nan, None)},  # the unadapted base trains nothing
+    ])  # fmt: skip
+    trained = seedplan.training_seconds(tmp_path, records)
+    assert trained == {"exp": {"steps": 48, "seeds": {0: 165.0, 1: 90.0}}}
+
+
+def _moving_row(moved, se, tolerance=5.0):
+    row = _row("C1", GROUP_A, "x vs y", -4.5, 0.15, threshold=0.0)  # contradicted if settled
+    return {**row, "trained": "still moving", "moved": moved, "moved_tolerance": tolerance,
+            "moved_se_seed": se, "moved_se_test": 0.0, "moved_n_seeds": 4}  # fmt: skip
+
+
+def test_a_moving_test_settles_with_more_steps_and_its_effect_moves_on():
+    costs = {"a": seedplan.ExperimentCost("a", 0.0, 10.0, 10.0, 4, 8.0, 8.0, steps=48),
+             "b": seedplan.ExperimentCost("b", 0.0, 10.0, 10.0, 4)}  # fmt: skip
+    planner = _planner([_moving_row(6.0, 0.3)], costs=costs, decay=1.0)
+    chance = {f: planner.allocation({"a": 4}, {"a": f}).chances["C1"] for f in (1, 2, 4)}
+    assert chance[1] == 0.0  # moved by 6 against +-5: still moving
+    assert chance[2] > 0.95  # predicted to move by 3 between 48 and 96 steps: settled
+    # and the effect itself has moved on: -4.5 + 6 * (1 - 1/2) = -1.5 at 96 steps, and
+    # -4.5 + 6 * (1 - 1/4) = 0 at 192, where nothing is decided either way
+    shift, change = planner.moves(pd.Series(_moving_row(6.0, 0.3)), 4.0)
+    assert (shift, change) == (pytest.approx(4.5), pytest.approx(1.5))
+    assert chance[4] < 0.1
+    # the search finds the step count that decides it, and prices it
+    best = planner.best(1e9, max_seeds=4, top=1, target=1, factors=(1.0, 2.0, 4.0))[0]
+    assert (best.seeds["a"], best.steps["a"]) == (4, 2.0)
+    assert best.wall_seconds == pytest.approx(planner.wall_seconds({"a": 4, "b": 2}, {"a": 2.0}))
+    assert best.wall_seconds == pytest.approx((10 + 8) + 3 * (10 + 8) + 10 + 10)
+
+
+def test_a_not_gated_test_is_not_extrapolated():
+    time_row = {**_row("C1", GROUP_A, "x vs y", 1.4, 0.1, statistic="time_ratio",
+                       relation="less", threshold=1.0), "trained": NOT_GATED}  # fmt: skip
+    planner = _planner([time_row])
+    assert planner.moves(pd.Series(time_row), 4.0) == (0.0, pytest.approx(math.nan, nan_ok=True))
+    one, four = (planner.allocation({"a": 4}, {"a": f}).chances["C1"] for f in (1.0, 4.0))
+    assert one == four
+
+
+def test_cli_refuses_bad_step_factors(tmp_path, capsys):
+    for bad in ("0", "1,x", "-2", ""):
+        assert main(["plan", str(tmp_path), "--steps", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--steps" in err[0]
+    assert main(["plan", str(tmp_path), "--decay", "0"]) == 2
+    assert "--decay" in capsys.readouterr().err
+
+
+def test_the_documented_plan_of_the_reference_is_the_commands(capsys):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "results" / "reference" / "claims.csv").is_file():
+        pytest.skip("no reference run yet (make run && make reference)")
+    command = "coalora plan results/reference --steps 0.75,1,1.5,2,4 --max-seeds 8 --minutes 30"
+    doc = (repo / "docs" / "claims.md").read_text()
+    block = doc.split(f"$ {command}\n")[1].split("```")[0]
+    args = command.split()[1:]
+    args[1] = str(repo / args[1])
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == block.strip()

@@ -3,8 +3,9 @@ README's headline rendered from them.
 
 ``coalora reference RESULTS --out results/reference`` (``make reference``) copies what a
 reader and ``coalora compare`` need from a finished run: the claims, the tables, the figures,
-every evaluation record (compare pairs them with a rerun's), each experiment's
-``prepared.json`` (the model's size) and Snakemake's job timings (``coalora plan``), and
+every evaluation record (compare pairs them with a rerun's) and every snapshot record (the
+learning curves, which ``coalora plan`` replays), each experiment's ``prepared.json`` (the
+model's size) and Snakemake's job timings (``coalora plan``), and
 writes ``MACHINE.json`` / ``MACHINE.md``: where, when and from which commit the run came, and
 what it cost (``scripts/measure.py``'s record of ``make run``, when there is one).
 
@@ -27,7 +28,7 @@ import pandas as pd
 from ..io import atomic_dir, atomic_path, read_json
 from .claimbook import load_claims
 from .claims import CONTRADICTED, HOLDS, overall_verdict
-from .compare import CLAIMS_FILE_NAME, find_records, run_provenance
+from .compare import CLAIMS_FILE_NAME, CURVE_GLOB, SEED_FOLDER, find_records, run_provenance
 
 NAME = "reference"  # results/reference/; no experiment may take this name (common.smk)
 COPIED_FILES = (CLAIMS_FILE_NAME, "claims.md", "table1.csv", "table1.md")
@@ -65,6 +66,19 @@ def describe(results: Path, records: dict[str, dict]) -> dict:
         "evaluation_records": len(records),
         "measurement": measurement,
     }
+
+
+def measured_wall(results: str | Path) -> float | None:
+    """The wall seconds of ``make run`` that wrote a results directory or reference (its
+    ``logs/run.json``, or the reference's ``MACHINE.json``); None where it was not measured."""
+    results = Path(results)
+    if (results / MEASUREMENT).is_file():
+        run = read_json(results / MEASUREMENT, "run measurement")
+    elif (results / MACHINE_JSON).is_file():
+        run = read_json(results / MACHINE_JSON, "reference description").get("measurement")
+    else:
+        run = None
+    return float(run["wall_seconds"]) if run and run.get("exit_status") == 0 else None
 
 
 def machine_markdown(info: dict) -> str:
@@ -109,7 +123,12 @@ def make_reference(results: str | Path, out: str | Path) -> dict:
         for name in COPIED_DIRS:
             if (results / name).is_dir():
                 shutil.copytree(results / name, tmp / name)
-        for relative in [*records, *(f"{exp}/{PREPARED}" for exp in info["experiments"])]:
+        curves = [
+            p.relative_to(results).as_posix() for p in sorted(results.glob(CURVE_GLOB))
+            if SEED_FOLDER.fullmatch(p.relative_to(results).parts[2])
+        ]  # fmt: skip
+        kept = [*records, *curves, *(f"{exp}/{PREPARED}" for exp in info["experiments"])]
+        for relative in kept:
             source = results / relative
             if source.is_file():
                 (tmp / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,21 @@ The model, and what it leaves out:
   sensitivity diagnostic to pass (its interval above 0 and reaching the minimum effect),
   replayed the same way from the diagnostic's own interval; and every gated test its settled
   gate (``coalora.verdicts.settled``): the change from the half-way snapshot to the end,
-  replayed from its own interval at the run's steps (more seeds narrow a noisy change; only
-  more steps can stop a moving one, and the planner does not predict how far a comparison
-  moves with more steps). A single test's simulated chance
-  agrees with ``power.power`` (``row_power``; ``tests/test_seedplan.py``).
+  replayed from its own interval (more seeds narrow a noisy change; only more steps can stop
+  a moving one). A single test's simulated chance agrees with ``power.power`` (``row_power``;
+  ``tests/test_seedplan.py``).
+- **Steps.** A plan may also change each experiment's optimizer steps, by a factor of the
+  run's own. The training loops' seconds (the records' ``train_seconds``, one per trained run)
+  scale with the factor; everything else in a job (loading, quantizing, evaluating, the
+  snapshots' evaluations: the snapshots are fractions of the steps) does not. How a gated
+  test's effect moves is extrapolated from its own settled gate (``extrapolate``): the effect
+  is taken to approach its limit as ``a + b * steps**-decay``, which the measured change from
+  the half-way snapshot to the end pins down (one change, one curve); the noise of the effect
+  and of its change are taken as measured. ``decay`` is an assumption, not a fit: 0.5 by
+  default, slower than the 0.65 at which QLoRA's 3-bit log perplexity on the default's group
+  fell between runs of 8, 48 and 96 steps (the only curve measured across run lengths), so
+  that a plan does not promise settling early. Time ratios (C3) are not extrapolated: both
+  sides' times scale alike. The sensitivity diagnostic is kept as measured.
 - **Claims.** A claim is decided in a simulated run when one of its tests is contradicted or
   all hold. Readings of one interval share its draws (C7.2 and C8.2 under INT are one
   comparison); distinct intervals are drawn independently, although in truth they share
@@ -40,7 +51,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +62,26 @@ from ..report import GROUP_KEYS, quantized
 from ..timing import BENCHMARKS_DIR, benchmark_jobs
 from . import claims, power
 from .compare import CURVE_GLOB, RECORD_GLOB, SEED_FOLDER
+from .reference import measured_wall
 from .sensitivity import sensitivity_frame
 from .settled import NO_CURVE, NOT_GATED
 from .stats import MIN_SEEDS, half_width
 
 # The method label of the unadapted evaluation: evaluated once per experiment (a fixed cost).
 UNADAPTED = "none"
+# The assumed exponent of an effect's approach to its limit with optimizer steps (module doc).
+DECAY = 0.5
+
+
+def extrapolate(moved: float, factor: float, decay: float = DECAY) -> tuple[float, float]:
+    """How a test moves if its runs train ``factor`` times as many steps, from its measured
+    change ``moved`` between the half-way snapshot (T0/2) and the end (T0), for an effect that
+    goes as ``a + b * steps**-decay``: (the effect at T = factor * T0 minus the effect at T0,
+    the change from T/2 to T). At factor 1: (0, moved)."""
+    if factor <= 0 or decay <= 0:
+        raise ValueError(f"steps factor and decay must be positive, got {factor} and {decay}")
+    shrink = factor**-decay
+    return moved * (1.0 - shrink) / (2.0**decay - 1.0), moved * shrink
 
 
 # --------------------------------------------------------------------------------- cost
@@ -71,17 +96,50 @@ class ExperimentCost:
     first_seed: float  # the first seed's jobs
     later_seed: float  # one later seed's jobs (mean of the measured later seeds)
     measured_seeds: int
+    first_train: float = 0.0  # of first_seed: its training loops' seconds (scale with steps)
+    later_train: float = 0.0  # of later_seed: the same
+    steps: int = 0  # the runs' optimizer steps (0: not known)
 
-    def seconds(self, seeds: int) -> float:
-        """Job-seconds of the experiment at ``seeds`` seeds (0: not run)."""
+    def seconds(self, seeds: int, factor: float = 1.0) -> float:
+        """Job-seconds of the experiment at ``seeds`` seeds (0: not run), its runs training
+        ``factor`` times their measured steps."""
         if seeds <= 0:
             return 0.0
-        return self.fixed + self.first_seed + (seeds - 1) * self.later_seed
+        first = self.first_seed + (factor - 1.0) * self.first_train
+        later = self.later_seed + (factor - 1.0) * self.later_train
+        return self.fixed + first + (seeds - 1) * later
 
 
-def experiment_costs(results: Path) -> tuple[dict[str, ExperimentCost], float]:
+def training_seconds(results: Path, records: pd.DataFrame) -> dict[str, dict]:
+    """Per experiment (the records' folder under ``results``): ``{"steps": the runs' steps,
+    "seeds": {seed: seconds of its training loops}}``, each trained run counted once (its
+    records share its checkpoint's hash; a per-configuration method trains one run per
+    configuration)."""
+    root = Path(results)
+    rows = records[pd.to_numeric(records.get("train_seconds"), errors="coerce").notna()]
+    if rows.empty:
+        return {}
+    run = rows.get("hashes.checkpoint", pd.Series(None, index=rows.index))
+    runs = rows.assign(
+        _experiment=rows["path"].map(lambda p: Path(p).relative_to(root).parts[0]),
+        _run=run.fillna(rows["config_name"]),
+    ).drop_duplicates(["_experiment", "method", "seed", "_run"])
+    trained = {}
+    for name, part in runs.groupby("_experiment"):
+        seconds = part.groupby("seed")["train_seconds"].sum()
+        trained[str(name)] = {
+            "steps": int(part["train_steps"].max()),
+            "seeds": {int(s): float(v) for s, v in seconds.items()},
+        }
+    return trained
+
+
+def experiment_costs(results: Path, trained: dict[str, dict] | None = None
+                     ) -> tuple[dict[str, ExperimentCost], float]:  # fmt: skip
     """Per experiment (a folder under ``results/benchmarks``), its cost; and the seconds of the
-    report jobs of all experiments together (the files directly in ``benchmarks/``)."""
+    report jobs of all experiments together (the files directly in ``benchmarks/``).
+    ``trained`` (``training_seconds``) splits off the seconds that scale with the steps."""
+    trained = trained or {}
     reports = 0.0
     fixed: dict[str, float] = {}
     per_seed: dict[str, dict[int, float]] = {}
@@ -108,9 +166,14 @@ def experiment_costs(results: Path) -> tuple[dict[str, ExperimentCost], float]:
         order = sorted(seeds)
         later = [seeds[s] for s in order[1:]]
         first = seeds[order[0]]
+        loops = trained.get(name, {"steps": 0, "seeds": {}})
+        first_train = loops["seeds"].get(order[0], 0.0)
+        later_train = [loops["seeds"].get(s, 0.0) for s in order[1:]]
         costs[name] = ExperimentCost(
-            name, fixed[name], first, float(np.mean(later)) if later else first, len(order)
-        )
+            name, fixed[name], first, float(np.mean(later)) if later else first, len(order),
+            first_train, float(np.mean(later_train)) if later_train else first_train,
+            loops["steps"],
+        )  # fmt: skip
     return costs, reports
 
 
@@ -160,6 +223,7 @@ class Allocation:
     wall_seconds: float
     chances: dict[str, float]  # claim -> P(decided)
     decided_counts: np.ndarray  # per simulated run: claims decided
+    steps: dict[str, float] = field(default_factory=dict)  # experiment -> steps factor (1)
 
     @property
     def expected(self) -> float:
@@ -182,7 +246,7 @@ class SeedPlanner:
     def __init__(
         self, table: pd.DataFrame, gates: pd.DataFrame, groups: dict[str, tuple],
         costs: dict[str, ExperimentCost], reports: float, claims: list[str],
-        cores: int, fill: float = 1.0, draws: int = DRAWS, seed: int = 0,
+        cores: int, fill: float = 1.0, draws: int = DRAWS, seed: int = 0, decay: float = DECAY,
     ):  # fmt: skip
         missing = sorted(set(groups) - set(costs))
         if missing:
@@ -191,7 +255,7 @@ class SeedPlanner:
         self.gates = {tuple(r[k] for k in GROUP_KEYS): r for _, r in gates.iterrows()}
         self.groups, self.costs, self.reports = groups, costs, reports
         self.claims, self.cores, self.fill = claims, cores, fill
-        self.draws, self.seed = draws, seed
+        self.draws, self.seed, self.decay = draws, seed, decay
         self.experiment_of = {key: name for name, key in groups.items()}
         self._memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -199,8 +263,9 @@ class SeedPlanner:
     def experiments(self) -> list[str]:
         return sorted(self.groups)
 
-    def wall_seconds(self, seeds: dict[str, int]) -> float:
-        jobs = sum(self.costs[name].seconds(s) for name, s in seeds.items())
+    def wall_seconds(self, seeds: dict[str, int], steps: dict[str, float] | None = None) -> float:
+        steps = steps or {}
+        jobs = sum(self.costs[name].seconds(s, steps.get(name, 1.0)) for name, s in seeds.items())
         return (jobs + (self.reports if jobs else 0.0)) / self.cores * self.fill
 
     def _drawn(self, key: tuple, effect: float, components: power.Components, seeds: int):
@@ -226,26 +291,39 @@ class SeedPlanner:
         low, high = self._drawn(("gate", *group), float(gate["spread"]), components, seeds)
         return (low > 0) & (high >= float(gate["min_effect"]))
 
-    def _row_decisions(self, row, seeds: int):
+    def moves(self, row, factor: float) -> tuple[float, float]:
+        """A test row at ``factor`` times its runs' steps: (its effect's further movement, its
+        change from the half-way snapshot to the end), from ``extrapolate``; a row that is not
+        gated, or has no measured change, does not move."""
+        moved = float(row.get("moved", math.nan))
+        if str(row.get("trained", NOT_GATED)) == NOT_GATED or not math.isfinite(moved):
+            return 0.0, moved
+        return extrapolate(moved, factor, self.decay)
+
+    def _row_decisions(self, row, seeds: int, factor: float = 1.0):
         statistic = row["statistic"]
         group = tuple(row[k] for k in GROUP_KEYS)
         effect, threshold = (
             power.on_interval_scale(float(row[name]), statistic) for name in ("effect", "threshold")
         )
+        shift, moved = self.moves(row, factor)
         components = power.Components.from_row(row)
-        low, high = self._drawn((*group, row["comparison"], statistic), effect, components, seeds)
+        low, high = self._drawn(
+            (*group, row["comparison"], statistic), effect + shift, components, seeds
+        )
         holds, contradicted = claims.decide(low, high, row["relation"], threshold)
         if str(row.get("sensitivity", claims.NOT_GATED)) != claims.NOT_GATED:
             passes = self._gate_passes(group, seeds)
             holds, contradicted = holds & passes, contradicted & passes
-        settled = self._settled(row, seeds)
+        settled = self.settled(row, seeds, factor)
         return holds & settled, contradicted & settled
 
-    def _settled(self, row, seeds: int) -> np.ndarray:
+    def settled(self, row, seeds: int, factor: float = 1.0) -> np.ndarray:
         """Per simulated run: the test's settled gate passes, its change from the half-way
-        snapshot to the end replayed at ``seeds`` seeds as measured (the same steps: more
-        seeds narrow a noisy change, they cannot stop a moving one). A test without a
-        half-way snapshot never passes; one that is not gated always does."""
+        snapshot to the end replayed at ``seeds`` seeds, at the change ``moves`` predicts for
+        ``factor`` times the steps (more seeds narrow a noisy change; only more steps shrink a
+        moving one). A test without a half-way snapshot never passes; one that is not gated
+        always does."""
         state = str(row.get("trained", NOT_GATED))
         if state == NOT_GATED:
             return np.ones(self.draws, bool)
@@ -259,11 +337,15 @@ class SeedPlanner:
         )  # fmt: skip
         group = tuple(row[k] for k in GROUP_KEYS)
         key = ("settled", *group, row["comparison"], row["statistic"])
-        low, high = self._drawn(key, float(row["moved"]), components, seeds)
+        low, high = self._drawn(key, self.moves(row, factor)[1], components, seeds)
         tolerance = float(row["moved_tolerance"])
         return (low > -tolerance) & (high < tolerance)
 
-    def allocation(self, seeds: dict[str, int]) -> Allocation:
+    def allocation(self, seeds: dict[str, int], steps: dict[str, float] | None = None
+                   ) -> Allocation:  # fmt: skip
+        """Each claim's chance of a decided verdict at ``seeds`` per experiment, its runs at
+        ``steps`` (a factor of their measured steps per experiment; 1 where not named)."""
+        steps = {name: float(steps.get(name, 1.0)) for name in seeds} if steps else {}
         holds = {c: np.ones(self.draws, bool) for c in self.claims}
         contradicted = {c: np.zeros(self.draws, bool) for c in self.claims}
         tested = set()
@@ -272,7 +354,7 @@ class SeedPlanner:
             s = seeds.get(name, 0) if name else 0
             if s < MIN_SEEDS:  # not run, or too few seeds: decides nothing
                 continue
-            h, c = self._row_decisions(row, s)
+            h, c = self._row_decisions(row, s, steps.get(name, 1.0))
             claim = row["claim"]
             tested.add(claim)
             holds[claim] = holds[claim] & h
@@ -283,20 +365,23 @@ class SeedPlanner:
         }  # fmt: skip
         counts = np.sum(list(decided.values()), axis=0)
         chances = {c: float(d.mean()) for c, d in decided.items()}
-        return Allocation(dict(seeds), self.wall_seconds(seeds), chances, counts)
+        return Allocation(dict(seeds), self.wall_seconds(seeds, steps), chances, counts, steps)
 
     def best(self, budget_seconds: float, max_seeds: int, drop: bool = False, top: int = 5,
-             target: int = 4) -> list[Allocation]:  # fmt: skip
+             target: int = 4, factors=(1.0,)) -> list[Allocation]:  # fmt: skip
         """The ``top`` allocations within the budget, by the chance of at least ``target``
         decided claims (then the expected number, then the shorter wall time); every
-        experiment keeps at least ``MIN_SEEDS`` seeds unless ``drop``."""
-        choices = ([0] if drop else []) + list(range(MIN_SEEDS, max_seeds + 1))
+        experiment keeps at least ``MIN_SEEDS`` seeds unless ``drop``, and trains at one of
+        ``factors`` times its measured steps."""
+        choices = [(s, float(f)) for s in range(MIN_SEEDS, max_seeds + 1) for f in factors]
+        choices = ([(0, 1.0)] if drop else []) + choices
         fits = []
         for combo in itertools.product(choices, repeat=len(self.experiments)):
-            seeds = dict(zip(self.experiments, combo, strict=True))
-            if not any(combo) or self.wall_seconds(seeds) > budget_seconds:
+            seeds = {name: s for name, (s, _) in zip(self.experiments, combo, strict=True)}
+            steps = {name: f for name, (_, f) in zip(self.experiments, combo, strict=True)}
+            if not any(seeds.values()) or self.wall_seconds(seeds, steps) > budget_seconds:
                 continue
-            fits.append(self.allocation(seeds))
+            fits.append(self.allocation(seeds, steps))
         fits.sort(key=lambda a: (-a.at_least(target), -a.expected, a.wall_seconds))
         return fits[:top]
 
@@ -331,13 +416,17 @@ def gate_table(table: pd.DataFrame, diagnostics) -> pd.DataFrame:
     return gates
 
 
-def planner_from_run(results, cores: int, wall: float | None = None, replicates: int = 1000):
+def planner_from_run(results, cores: int, wall: float | None = None, replicates: int = 1000,
+                     decay: float = DECAY):  # fmt: skip
     """A ``SeedPlanner`` for a finished results directory: its records' claims (computed
     again, as ``coalora report claims`` does), their groups' sensitivity and its benchmarks;
-    ``wall`` (the run's measured seconds) sets the fill factor."""
+    ``wall`` (the run's measured seconds; by default what ``make run`` measured, where it
+    did) sets the fill factor."""
     root = Path(results)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a results directory")
+    if wall is None:
+        wall = measured_wall(root)
     paths = [
         p for p in sorted(root.glob(RECORD_GLOB))
         if SEED_FOLDER.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
@@ -352,7 +441,7 @@ def planner_from_run(results, cores: int, wall: float | None = None, replicates:
     curves = read_results(curve_paths) if curve_paths else None
     book = claims.load_claims()
     table, diagnostics = claims.evaluate_claims(records, book, replicates, curves)
-    costs, reports = experiment_costs(root)
+    costs, reports = experiment_costs(root, training_seconds(root, records))
     groups = run_groups(root, records)
     measured = {name: cost.measured_seeds for name, cost in costs.items() if name in groups}
     fill = 1.0
@@ -361,7 +450,7 @@ def planner_from_run(results, cores: int, wall: float | None = None, replicates:
         fill = wall / (jobs / cores)
     planner = SeedPlanner(
         table, gate_table(table, diagnostics), groups, costs, reports,
-        [c.id for c in book.claims], cores, fill,
+        [c.id for c in book.claims], cores, fill, decay=decay,
     )  # fmt: skip
     return planner, measured
 
@@ -369,42 +458,102 @@ def planner_from_run(results, cores: int, wall: float | None = None, replicates:
 # --------------------------------------------------------------------------------- text
 
 
-def allocation_line(a: Allocation, experiments: list[str], target: int) -> str:
-    seeds = " ".join(f"{a.seeds.get(name, 0):>{max(len(name), 5)}}" for name in experiments)
+def _cell(planner: SeedPlanner, a: Allocation, name: str) -> str:
+    """An experiment's seeds, and its steps where the plan varies them ("3x96")."""
+    seeds = a.seeds.get(name, 0)
+    if not a.steps or not seeds:
+        return str(seeds)
+    steps = planner.costs[name].steps
+    factor = a.steps.get(name, 1.0)
+    return f"{seeds}x{round(steps * factor)}" if steps else f"{seeds}x{factor:g}"
+
+
+def allocation_line(planner: SeedPlanner, a: Allocation, target: int) -> str:
+    cells = " ".join(
+        f"{_cell(planner, a, name):>{max(len(name), 7)}}" for name in planner.experiments
+    )
     claims = ", ".join(f"{c} {p:.2f}" for c, p in a.chances.items() if p >= 0.01) or "none"
     return (
-        f"{seeds} {a.wall_seconds / 60:8.1f} {a.expected:9.2f} {a.at_least(target):8.2f}   {claims}"
+        f"{cells} {a.wall_seconds / 60:8.1f} {a.expected:9.2f} {a.at_least(target):8.2f}   {claims}"
     )
 
 
+def settling_text(planner: SeedPlanner, measured: dict[str, int], factors) -> list[str]:
+    """Per gated test: its measured change from the half-way snapshot to the end, and at each
+    steps factor the predicted effect, change and chance of passing the settled gate at the
+    run's own seeds."""
+    lines = []
+    for _, row in planner.table.iterrows():
+        if str(row.get("trained", NOT_GATED)) in (NOT_GATED, NO_CURVE):
+            continue
+        name = planner.experiment_of.get(tuple(row[k] for k in GROUP_KEYS))
+        if name is None:
+            continue
+        steps, seeds = planner.costs[name].steps, measured.get(name, 0)
+        lines.append(
+            f"  {row['test']} {name}, {row['comparison']} ({row['reading']}): "
+            f"{float(row['effect']):+.3g}, moved {float(row['moved']):+.3g} "
+            f"[{float(row['moved_low']):+.3g}, {float(row['moved_high']):+.3g}] "
+            f"in the second half (tolerance +-{float(row['moved_tolerance']):g})"
+        )
+        for f in factors:
+            shift, moved = planner.moves(row, f)
+            chance = planner.settled(row, seeds, f).mean() if seeds >= MIN_SEEDS else 0.0
+            at = f"{round(steps * f)} steps" if steps else f"x{f:g} steps"
+            lines.append(
+                f"    {at:>11}: effect {float(row['effect']) + shift:+.3g}, "
+                f"second half {moved:+.3g}, P(settled) {chance:.2f}"
+            )
+    return lines
+
+
 def plan_text(planner: SeedPlanner, measured: dict[str, int], budget_minutes: float,
-              max_seeds: int, drop: bool, top: int, target: int) -> str:  # fmt: skip
-    """The report of ``coalora plan``: the measured allocation replayed, then the best
-    allocations within the budget."""
+              max_seeds: int, drop: bool, top: int, target: int, factors=(1.0,)) -> str:  # fmt: skip
+    """The report of ``coalora plan``: the measured allocation replayed, how far each gated
+    test is predicted to move at the planned steps, then the best allocations within the
+    budget."""
     names = planner.experiments
-    head = " ".join(f"{n:>{max(len(n), 5)}}" for n in names)
+    vary = tuple(factors) != (1.0,)
+    head = " ".join(f"{n:>{max(len(n), 7)}}" for n in names)
     header = f"{head} {'wall min':>8} {'E[claims]':>9} {f'P(>={target})':>8}   P(decided) per claim"
     fill = (
-        f"fill {planner.fill:.3f} (the run's wall against its jobs' seconds / cores)"
-        if planner.fill != 1.0 else "fill 1 (no --wall: the wall time is a floor, not a forecast)"
+        f"fill {planner.fill:.3f} (the run's measured wall against its jobs' seconds / cores)"
+        if planner.fill != 1.0
+        else "fill 1 (no measured wall: the wall time is a floor, not a forecast)"
     )  # fmt: skip
+    what = "seeds x steps" if vary else "seeds"
     lines = [
-        f"seeds per experiment on {planner.cores} core(s), {fill}; each claim's chance of a "
+        f"{what} per experiment on {planner.cores} core(s), {fill}; each claim's chance of a "
         f"decided verdict at the run's own effects ({planner.draws} simulated runs; see "
         "coalora/verdicts/seedplan.py for what the model leaves out)",
         "",
         "as measured:",
         header,
-        allocation_line(planner.allocation(measured), names, target),
+        allocation_line(
+            planner,
+            planner.allocation(measured, dict.fromkeys(measured, 1.0) if vary else None),
+            target,
+        ),
         "",
     ]
-    best = planner.best(budget_minutes * 60, max_seeds, drop=drop, top=top, target=target)
+    if vary:
+        lines += [
+            f"how far each gated test moves at more steps (effect ~ a + b * steps^-{planner.decay:g},"
+            " from its measured change; at the run's own seeds):",
+            *(settling_text(planner, measured, factors) or ["  no gated test with a curve"]),
+            "",
+        ]
+    best = planner.best(budget_minutes * 60, max_seeds, drop=drop, top=top, target=target,
+                        factors=factors)  # fmt: skip
     keep = "" if drop else f", every experiment kept with >= {MIN_SEEDS} seeds"
-    lines.append(f"best within {budget_minutes:g} min (seeds {MIN_SEEDS}..{max_seeds}{keep}):")
+    steps = f", steps x {'/'.join(f'{f:g}' for f in factors)}" if vary else ""
+    lines.append(
+        f"best within {budget_minutes:g} min (seeds {MIN_SEEDS}..{max_seeds}{steps}{keep}):"
+    )
     if not best:
         lines.append("  none fits: the smallest allocation is over the budget")
     else:
-        lines += [header] + [allocation_line(a, names, target) for a in best]
+        lines += [header] + [allocation_line(planner, a, target) for a in best]
     return "\n".join(lines)
 
 
@@ -415,6 +564,23 @@ def plan_from_cli(args) -> None:
         )
     if args.wall is not None and args.wall <= 0:
         raise ValueError(f"--wall must be positive seconds, got {args.wall}")
-    planner, measured = planner_from_run(args.results, args.cores, args.wall)
+    factors = parse_factors(args.steps)
+    decay = DECAY if args.decay is None else args.decay
+    if not decay > 0:
+        raise ValueError(f"--decay must be positive, got {args.decay}")
+    planner, measured = planner_from_run(args.results, args.cores, args.wall, decay=decay)
     print(plan_text(planner, measured, args.minutes, args.max_seeds, args.drop, args.top,
-                    args.target))  # fmt: skip
+                    args.target, factors))  # fmt: skip
+
+
+def parse_factors(text: str) -> tuple[float, ...]:
+    """``--steps``: comma-separated positive factors of the run's own steps ("1,2,4")."""
+    try:
+        factors = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        factors = ()
+    if not factors or not all(math.isfinite(f) and f > 0 for f in factors):
+        raise ValueError(
+            f"--steps must be comma-separated positive factors (e.g. 1,2,4), got {text!r}"
+        )
+    return tuple(dict.fromkeys(factors))
