@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-SAMPLE_SECONDS = 2.0  # reading smaps_rollup of GB-sized jobs costs CPU: measured 17% of a core at 0.5 s
+# Reading smaps_rollup of GB-sized jobs costs CPU: measured 17% of a core at 0.5 s.
+SAMPLE_SECONDS = 2.0
 
 
 def parents() -> dict[int, int]:

@@ -401,7 +401,9 @@ def test_a_finished_run_kept_as_the_reference_and_a_rerun_compared_with_it(ci_ru
     # The planner works from the reference alone: its learning curves and job timings.
     proc = coalora_cli("plan", kept, "--steps", "1,2", "--max-seeds", "3", "--minutes", "60")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("seeds x steps") and "how far each gated test moves" in proc.stdout
+    assert (
+        proc.stdout.startswith("seeds x steps") and "how far each gated test moves" in proc.stdout
+    )
     info = json.loads((kept / "MACHINE.json").read_text())
     assert info["measurement"]["command"] == "true" and info["machine"]["cpu"]
     prepared = json.loads((kept / "tiny-bert-testament" / "prepared.json").read_text())
