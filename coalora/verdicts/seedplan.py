@@ -116,7 +116,9 @@ def training_seconds(results: Path, records: pd.DataFrame) -> dict[str, dict]:
     records share its checkpoint's hash; a per-configuration method trains one run per
     configuration)."""
     root = Path(results)
-    rows = records[pd.to_numeric(records.get("train_seconds"), errors="coerce").notna()]
+    if "train_seconds" not in records:
+        return {}
+    rows = records[pd.to_numeric(records["train_seconds"], errors="coerce").notna()]
     if rows.empty:
         return {}
     run = rows.get("hashes.checkpoint", pd.Series(None, index=rows.index))
