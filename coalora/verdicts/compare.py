@@ -127,15 +127,20 @@ def read_claims(path: Path) -> pd.DataFrame:
     return table
 
 
+def run_files(root: Path, glob: str = RECORD_GLOB) -> list[Path]:
+    """The files of a results directory matching ``glob`` (``RECORD_GLOB``, ``CURVE_GLOB``)
+    inside a seed folder (``<exp>/<method>/s<seed>/``), sorted."""
+    root = Path(root)
+    return [
+        p for p in sorted(root.glob(glob))
+        if SEED_FOLDER.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
+    ]  # fmt: skip
+
+
 def find_records(root: Path) -> dict[str, dict]:
     """Every evaluation record of a results directory, by path relative to it (validated:
     a corrupt record is a one-line error naming it)."""
-    records = {}
-    for path in sorted(root.glob(RECORD_GLOB)):
-        relative = path.relative_to(root)
-        if SEED_FOLDER.fullmatch(relative.parts[2]) and path.is_file():
-            records[relative.as_posix()] = read_result(path)
-    return records
+    return {p.relative_to(root).as_posix(): read_result(p) for p in run_files(root)}
 
 
 def load_run(path: str | Path, name: str) -> Run:

@@ -28,7 +28,7 @@ import pandas as pd
 from ..io import atomic_dir, atomic_path, read_json
 from .claimbook import load_claims
 from .claims import CONTRADICTED, HOLDS, overall_verdict
-from .compare import CLAIMS_FILE_NAME, CURVE_GLOB, SEED_FOLDER, find_records, run_provenance
+from .compare import CLAIMS_FILE_NAME, CURVE_GLOB, find_records, run_files, run_provenance
 
 NAME = "reference"  # results/reference/; no experiment may take this name (common.smk)
 COPIED_FILES = (CLAIMS_FILE_NAME, "claims.md", "table1.csv", "table1.md")
@@ -123,10 +123,7 @@ def make_reference(results: str | Path, out: str | Path) -> dict:
         for name in COPIED_DIRS:
             if (results / name).is_dir():
                 shutil.copytree(results / name, tmp / name)
-        curves = [
-            p.relative_to(results).as_posix() for p in sorted(results.glob(CURVE_GLOB))
-            if SEED_FOLDER.fullmatch(p.relative_to(results).parts[2])
-        ]  # fmt: skip
+        curves = [p.relative_to(results).as_posix() for p in run_files(results, CURVE_GLOB)]
         kept = [*records, *curves, *(f"{exp}/{PREPARED}" for exp in info["experiments"])]
         for relative in kept:
             source = results / relative

@@ -61,7 +61,7 @@ from ..evaluate.results import read_results
 from ..report import GROUP_KEYS, quantized
 from ..timing import BENCHMARKS_DIR, benchmark_jobs
 from . import claims, power
-from .compare import CURVE_GLOB, RECORD_GLOB, SEED_FOLDER
+from .compare import CURVE_GLOB, RECORD_GLOB, SEED_FOLDER, run_files
 from .reference import measured_wall
 from .sensitivity import sensitivity_frame
 from .settled import NO_CURVE, NOT_GATED
@@ -429,17 +429,11 @@ def planner_from_run(results, cores: int, wall: float | None = None, replicates:
         raise FileNotFoundError(f"{root} is not a results directory")
     if wall is None:
         wall = measured_wall(root)
-    paths = [
-        p for p in sorted(root.glob(RECORD_GLOB))
-        if SEED_FOLDER.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
-    ]  # fmt: skip
+    paths = run_files(root, RECORD_GLOB)
     if not paths:
         raise FileNotFoundError(f"{root}: no evaluation records ({RECORD_GLOB})")
     records = read_results(paths)
-    curve_paths = [
-        p for p in sorted(root.glob(CURVE_GLOB))
-        if SEED_FOLDER.fullmatch(p.relative_to(root).parts[2]) and p.is_file()
-    ]  # fmt: skip
+    curve_paths = run_files(root, CURVE_GLOB)
     curves = read_results(curve_paths) if curve_paths else None
     book = claims.load_claims()
     table, diagnostics = claims.evaluate_claims(records, book, replicates, curves)
